@@ -1,0 +1,535 @@
+//! The gateway's configuration: one TOML file, validated as a whole before anything starts.
+//!
+//! Relative paths in the file are resolved against the directory that holds the file, so a
+//! config and its data directory can be moved together. Secrets never appear in clear: a
+//! connection password is a [`SecretRef`] that is resolved each time it is needed, so a
+//! rotated secret applies to the next upstream connection without a restart.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::secret::SecretRef;
+
+/// Default API listen address (REST API and, later, MCP).
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:8009";
+/// Default PostgreSQL listen address.
+pub const DEFAULT_POSTGRES_LISTEN: &str = "127.0.0.1:15432";
+
+/// Everything the gateway needs to start, after validation.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this config came from, when it came from a file.
+    pub source: Option<PathBuf>,
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub connections: Vec<ConnectionConfig>,
+}
+
+/// `[server]`: where the gateway listens and keeps its state.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub api_listen: SocketAddr,
+    pub postgres_listen: SocketAddr,
+    /// PEM certificate chain and key for client-facing TLS. When absent, a self-signed pair is
+    /// generated in the data directory on first start.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Allow clients that are not on loopback to authenticate without TLS. Off by default:
+    /// the token is sent as a cleartext password and must not cross a network in clear.
+    pub allow_plaintext: bool,
+    /// Deadline for a client to finish TLS, startup and authentication.
+    pub handshake_timeout: Duration,
+    /// Deadline for the gateway to connect and authenticate to an upstream server.
+    pub upstream_connect_timeout: Duration,
+    /// Cap on connections still in their handshake, so idle sockets cannot exhaust the gateway.
+    pub max_pending_handshakes: usize,
+    /// Largest client message the gateway accepts (Query, Parse, Bind, ...).
+    pub max_message_bytes: usize,
+}
+
+/// `[store]`: where sessions, statements and tokens are kept.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub url: String,
+}
+
+/// A registered target the gateway can connect to on a caller's behalf.
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    pub name: String,
+    pub kind: ConnectionKind,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    pub password: Option<SecretRef>,
+    pub tls: UpstreamTls,
+    pub ca_file: Option<PathBuf>,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// The protocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectionKind {
+    Postgres,
+}
+
+/// How the gateway protects its link to an upstream server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTls {
+    /// Plaintext. Acceptable only on a trusted network; `gatehouse check` warns otherwise.
+    #[default]
+    Disable,
+    /// TLS without certificate verification (libpq's `sslmode=require`).
+    Require,
+    /// TLS with the server certificate verified against `ca_file` and the host name.
+    VerifyFull,
+}
+
+/// One problem found in a config file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// A dotted path into the file, such as `connections[1].password`.
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{} problem(s) in {}:\n{}", .problems.len(), .path.display(), format_problems(.problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<ConfigProblem>,
+    },
+}
+
+fn format_problems(problems: &[ConfigProblem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut config = Config::parse(&text, base).map_err(|e| match e {
+            ParseError::Syntax(message) => ConfigError::Syntax {
+                path: path.to_path_buf(),
+                message,
+            },
+            ParseError::Invalid(problems) => ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            },
+        })?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Parses and validates config text; relative paths are resolved against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ParseError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ParseError::Syntax(e.to_string()))?;
+        raw.validate(base).map_err(ParseError::Invalid)
+    }
+
+    /// Looks a connection up by the name clients use to select it.
+    pub fn connection(&self, name: &str) -> Option<&ConnectionConfig> {
+        self.connections.iter().find(|c| c.name == name)
+    }
+
+    /// Advice that does not stop the gateway from starting but that an operator should see.
+    pub fn warnings(&self) -> Vec<ConfigProblem> {
+        let mut warnings = Vec::new();
+        for (i, c) in self.connections.iter().enumerate() {
+            if c.tls == UpstreamTls::Disable && !is_loopback_host(&c.host) {
+                warnings.push(ConfigProblem {
+                    path: format!("connections[{i}].tls"),
+                    message: format!(
+                        "connection \"{}\" reaches {} without TLS; set tls = \"verify-full\" and ca_file",
+                        c.name, c.host
+                    ),
+                });
+            }
+        }
+        if self.server.allow_plaintext {
+            warnings.push(ConfigProblem {
+                path: "server.allow_plaintext".into(),
+                message: "clients off loopback may send their token without TLS".into(),
+            });
+        }
+        warnings
+    }
+}
+
+/// Why config text was rejected.
+#[derive(Debug)]
+pub enum ParseError {
+    Syntax(String),
+    Invalid(Vec<ConfigProblem>),
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
+
+// ---- the file as written -------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    connections: Vec<RawConnection>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    data_dir: Option<PathBuf>,
+    api_listen: Option<String>,
+    postgres_listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    #[serde(default)]
+    allow_plaintext: bool,
+    #[serde(default, deserialize_with = "opt_duration")]
+    handshake_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    upstream_connect_timeout: Option<Duration>,
+    max_pending_handshakes: Option<usize>,
+    max_message_bytes: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    url: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConnection {
+    name: Option<String>,
+    kind: Option<ConnectionKind>,
+    host: Option<String>,
+    port: Option<u16>,
+    database: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+    #[serde(default)]
+    tls: UpstreamTls,
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("invalid duration \"{text}\": {e}")))
+}
+
+/// The largest message PostgreSQL itself accepts (1 GB - 2); no configuration may exceed it.
+const PG_MAX_MESSAGE: usize = 0x3fff_fffe;
+
+impl RawConfig {
+    fn validate(self, base: &Path) -> Result<Config, Vec<ConfigProblem>> {
+        let mut problems = Vec::new();
+        let mut problem = |path: String, message: String| {
+            problems.push(ConfigProblem { path, message });
+        };
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+
+        let data_dir = resolve(
+            self.server
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from("gatehouse-data")),
+        );
+        let mut listen = |field: &str, value: Option<String>, default: &str| {
+            let text = value.unwrap_or_else(|| default.to_string());
+            text.parse::<SocketAddr>().unwrap_or_else(|_| {
+                problem(
+                    format!("server.{field}"),
+                    format!("\"{text}\" is not an address such as {default}"),
+                );
+                default.parse().expect("default listen addresses are valid")
+            })
+        };
+        let api_listen = listen("api_listen", self.server.api_listen, DEFAULT_API_LISTEN);
+        let postgres_listen = listen(
+            "postgres_listen",
+            self.server.postgres_listen,
+            DEFAULT_POSTGRES_LISTEN,
+        );
+        if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
+            problem(
+                "server.tls_cert".into(),
+                "tls_cert and tls_key must be given together".into(),
+            );
+        }
+        let max_message_bytes = self.server.max_message_bytes.unwrap_or(64 << 20);
+        if !(1024..=PG_MAX_MESSAGE).contains(&max_message_bytes) {
+            problem(
+                "server.max_message_bytes".into(),
+                format!("must be between 1024 and {PG_MAX_MESSAGE}"),
+            );
+        }
+
+        let store_url = self.store.url.unwrap_or_else(|| {
+            format!("sqlite://{}", data_dir.join("gatehouse.db").display())
+        });
+        if !store_url.starts_with("sqlite:") {
+            problem(
+                "store.url".into(),
+                "only sqlite:// stores are supported in this version".into(),
+            );
+        }
+
+        let mut connections: Vec<ConnectionConfig> = Vec::new();
+        for (i, c) in self.connections.into_iter().enumerate() {
+            let at = |field: &str| format!("connections[{i}].{field}");
+            let mut missing = |field: &str| {
+                problem(at(field), "is required".into());
+                String::new()
+            };
+            let name = c.name.unwrap_or_else(|| missing("name"));
+            let host = c.host.unwrap_or_else(|| missing("host"));
+            let database = c.database.unwrap_or_else(|| missing("database"));
+            let user = c.user.unwrap_or_else(|| missing("user"));
+            if c.kind.is_none() {
+                missing("kind");
+            }
+            if !name.is_empty() && !valid_connection_name(&name) {
+                problem(
+                    at("name"),
+                    format!("\"{name}\" must be 1-63 characters of a-z, 0-9, '_' or '-'"),
+                );
+            }
+            if connections.iter().any(|o| o.name == name) {
+                problem(at("name"), format!("\"{name}\" is defined twice"));
+            }
+            let password = match c.password.map(|p| p.parse::<SecretRef>()) {
+                None => None,
+                Some(Ok(r)) => Some(r.resolve_relative(base)),
+                Some(Err(e)) => {
+                    problem(at("password"), e.to_string());
+                    None
+                }
+            };
+            let ca_file = c.ca_file.map(resolve);
+            if c.tls == UpstreamTls::VerifyFull && ca_file.is_none() {
+                problem(
+                    at("ca_file"),
+                    "tls = \"verify-full\" needs ca_file, the CA that signed the server's certificate".into(),
+                );
+            }
+            connections.push(ConnectionConfig {
+                name,
+                kind: c.kind.unwrap_or(ConnectionKind::Postgres),
+                host,
+                port: c.port.unwrap_or(5432),
+                database,
+                user,
+                password,
+                tls: c.tls,
+                ca_file,
+                tags: c.tags,
+            });
+        }
+
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Config {
+            source: None,
+            server: ServerConfig {
+                data_dir,
+                api_listen,
+                postgres_listen,
+                tls_cert: self.server.tls_cert.map(resolve),
+                tls_key: self.server.tls_key.map(resolve),
+                allow_plaintext: self.server.allow_plaintext,
+                handshake_timeout: self
+                    .server
+                    .handshake_timeout
+                    .unwrap_or(Duration::from_secs(15)),
+                upstream_connect_timeout: self
+                    .server
+                    .upstream_connect_timeout
+                    .unwrap_or(Duration::from_secs(10)),
+                max_pending_handshakes: self.server.max_pending_handshakes.unwrap_or(4096),
+                max_message_bytes,
+            },
+            store: StoreConfig { url: store_url },
+            connections,
+        })
+    }
+}
+
+fn valid_connection_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ParseError> {
+        Config::parse(text, Path::new("/etc/gh"))
+    }
+
+    #[test]
+    fn defaults_are_resolved_against_the_config_directory() {
+        let c = parse("").unwrap();
+        assert_eq!(c.server.data_dir, PathBuf::from("/etc/gh/gatehouse-data"));
+        assert_eq!(c.store.url, "sqlite:///etc/gh/gatehouse-data/gatehouse.db");
+        assert_eq!(c.server.postgres_listen.port(), 15432);
+        assert_eq!(c.server.api_listen.port(), 8009);
+    }
+
+    #[test]
+    fn a_full_connection_parses() {
+        let c = parse(
+            r#"
+            [[connections]]
+            name = "appdb"
+            kind = "postgres"
+            host = "db.internal"
+            port = 6432
+            database = "app"
+            user = "gatehouse"
+            password = "env:APPDB_PASSWORD"
+            tls = "verify-full"
+            ca_file = "ca.pem"
+            tags = { env = "prod" }
+            "#,
+        )
+        .unwrap();
+        let conn = c.connection("appdb").unwrap();
+        assert_eq!(conn.port, 6432);
+        assert_eq!(conn.ca_file.as_deref(), Some(Path::new("/etc/gh/ca.pem")));
+        assert_eq!(conn.tags["env"], "prod");
+        assert!(matches!(conn.password, Some(SecretRef::Env(ref v)) if v == "APPDB_PASSWORD"));
+        assert!(c.warnings().is_empty());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_place() {
+        let Err(ParseError::Invalid(problems)) = parse(
+            r#"
+            [server]
+            api_listen = "nowhere"
+            [[connections]]
+            name = "Bad Name"
+            kind = "postgres"
+            password = "hunter2"
+            tls = "verify-full"
+            "#,
+        ) else {
+            panic!("expected validation problems");
+        };
+        let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "server.api_listen",
+            "connections[0].host",
+            "connections[0].database",
+            "connections[0].user",
+            "connections[0].name",
+            "connections[0].password",
+            "connections[0].ca_file",
+        ] {
+            assert!(paths.contains(&expected), "{expected} missing in {paths:?}");
+        }
+        let password = problems
+            .iter()
+            .find(|p| p.path == "connections[0].password")
+            .unwrap();
+        assert!(
+            !password.message.contains("hunter2"),
+            "a rejected secret must not be echoed"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_types_are_syntax_errors_with_a_position() {
+        let Err(ParseError::Syntax(msg)) = parse("[server]\nlisten_everywhere = true\n") else {
+            panic!()
+        };
+        assert!(msg.contains("listen_everywhere"), "{msg}");
+        assert!(msg.contains("line 2"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_connection_names_are_rejected() {
+        let one = r#"
+            [[connections]]
+            name = "a"
+            kind = "postgres"
+            host = "localhost"
+            database = "d"
+            user = "u"
+        "#;
+        let Err(ParseError::Invalid(problems)) = parse(&format!("{one}{one}")) else {
+            panic!()
+        };
+        assert_eq!(problems[0].path, "connections[1].name");
+    }
+
+    #[test]
+    fn plaintext_to_a_remote_host_is_warned_about() {
+        let c = parse(
+            r#"
+            [[connections]]
+            name = "a"
+            kind = "postgres"
+            host = "10.1.2.3"
+            database = "d"
+            user = "u"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.warnings()[0].path, "connections[0].tls");
+    }
+}

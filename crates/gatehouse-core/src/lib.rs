@@ -1,0 +1,20 @@
+//! The protocol-independent core of Gatehouse.
+//!
+//! - [`config`]: the TOML config and its validation; [`secret`]: secrets by reference.
+//! - [`identity`] and [`auth`]: who is acting, from which token; [`tokens`]: the token format.
+//! - [`pipeline`]: the seam every protocol adapter feeds (authorize, record, and later approve
+//!   and mask).
+//! - [`store`] and [`recorder`]: where sessions and statements are kept, written in batches.
+//! - [`tls`]: client-facing TLS material.
+
+pub mod auth;
+pub mod config;
+pub mod fsutil;
+pub mod identity;
+pub mod pipeline;
+pub mod recorder;
+pub mod secret;
+pub mod store;
+pub mod time;
+pub mod tls;
+pub mod tokens;

@@ -1,0 +1,282 @@
+//! The one pipeline every protocol feeds: identify -> authorize -> (approve) -> forward -> mask
+//! -> record.
+//!
+//! An adapter decodes its wire format into [`CommandStart`]s and hands them to its
+//! [`SessionHandle`]; it forwards only what [`SessionHandle::authorize`] allows and reports how
+//! each command ended with [`SessionHandle::complete`]. Approval and masking attach to the same
+//! handle, so a feature added here works for every protocol.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::auth::{AuthError, Authenticator};
+use crate::config::{Config, ConnectionConfig};
+use crate::identity::Identity;
+use crate::recorder::{RecordError, Recorder};
+use crate::store::{Outcome, Record, SessionRow, StatementRow, Store};
+use crate::time::{Micros, now_micros};
+
+/// The most bytes of statement parameters recorded per command; the rest is cut with a marker.
+pub const MAX_RECORDED_PARAM_BYTES: usize = 4096;
+
+/// Decides whether a command may run. The policy engine implements this; until one is
+/// configured, [`AllowAll`] keeps the walking skeleton usable.
+pub trait Authorizer: Send + Sync {
+    fn authorize(&self, session: &SessionHandle, command: &CommandStart) -> Verdict;
+}
+
+/// Allows every command. A stand-in until statement-level policy lands.
+pub struct AllowAll;
+
+impl Authorizer for AllowAll {
+    fn authorize(&self, _: &SessionHandle, _: &CommandStart) -> Verdict {
+        Verdict::Allow
+    }
+}
+
+/// What the pipeline decided about one command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    Deny(Denial),
+}
+
+/// Why a command was refused, in words the client is shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// The policy that decided, so the caller can ask its owner.
+    pub policy: String,
+    pub reason: String,
+}
+
+/// A command as the adapter saw it arrive.
+#[derive(Debug, Clone)]
+pub struct CommandStart {
+    /// The statement or request text. Shared, because a prepared statement runs many times.
+    pub text: Arc<str>,
+    /// Parameter values as text (binary values hex-encoded), already size-capped.
+    pub params: Option<Vec<Option<String>>>,
+}
+
+/// A command that was forwarded and is waiting for its result.
+#[derive(Debug)]
+pub struct InFlight {
+    seq: i64,
+    started_at: Micros,
+    started: Instant,
+    command: CommandStart,
+}
+
+/// How the target answered a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    pub outcome: Outcome,
+    pub rows: Option<i64>,
+    /// The protocol's own error code (SQLSTATE for PostgreSQL).
+    pub code: Option<String>,
+}
+
+/// Shared state of a running gateway: config, identity, policy and recording.
+pub struct Pipeline {
+    config: Arc<Config>,
+    authenticator: Authenticator,
+    authorizer: Arc<dyn Authorizer>,
+    recorder: Recorder,
+}
+
+/// Who opened a session, to which connection, from where.
+pub struct SessionStart {
+    pub protocol: &'static str,
+    pub identity: Identity,
+    pub connection: Arc<ConnectionConfig>,
+    pub client_addr: SocketAddr,
+    pub application_name: Option<String>,
+}
+
+impl Pipeline {
+    pub fn new(config: Arc<Config>, store: Store, recorder: Recorder) -> Self {
+        Pipeline {
+            config,
+            authenticator: Authenticator::new(store),
+            authorizer: Arc::new(AllowAll),
+            recorder,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Step 1: who is this? Accepts any credential the gateway trusts.
+    pub async fn authenticate(&self, credential: &str) -> Result<Identity, AuthError> {
+        self.authenticator.authenticate(credential).await
+    }
+
+    /// The named connection, if it exists. Callers must not reveal other names.
+    pub fn connection(&self, name: &str) -> Option<Arc<ConnectionConfig>> {
+        self.config.connection(name).cloned().map(Arc::new)
+    }
+
+    /// Opens and records a session; every later command of the session goes through the
+    /// returned handle.
+    pub async fn open_session(&self, start: SessionStart) -> Result<SessionHandle, RecordError> {
+        let id: Arc<str> = new_session_id().into();
+        let row = SessionRow {
+            id: id.to_string(),
+            protocol: start.protocol.to_string(),
+            connection: start.connection.name.clone(),
+            principal: start.identity.principal(),
+            display_name: start.identity.display_name.clone(),
+            identity_kind: start.identity.kind.as_str().to_string(),
+            groups: start.identity.groups.clone(),
+            token_id: start.identity.token_id.clone(),
+            client_addr: start.client_addr.to_string(),
+            application_name: start.application_name,
+            started_at: now_micros(),
+            ended_at: None,
+            end_reason: None,
+            statement_count: 0,
+        };
+        self.recorder
+            .record(Record::SessionOpened(Box::new(row)))
+            .await?;
+        Ok(SessionHandle {
+            id,
+            identity: Arc::new(start.identity),
+            connection: start.connection,
+            authorizer: self.authorizer.clone(),
+            recorder: self.recorder.clone(),
+        })
+    }
+}
+
+/// One session's view of the pipeline. Cloneable so both directions of a relay can use it.
+#[derive(Clone)]
+pub struct SessionHandle {
+    id: Arc<str>,
+    identity: Arc<Identity>,
+    connection: Arc<ConnectionConfig>,
+    authorizer: Arc<dyn Authorizer>,
+    recorder: Recorder,
+}
+
+impl SessionHandle {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    pub fn connection(&self) -> &ConnectionConfig {
+        &self.connection
+    }
+
+    /// Step 2: may this command run? Called before anything is forwarded.
+    pub fn authorize(&self, command: &CommandStart) -> Verdict {
+        if !self.recorder.is_healthy() {
+            return Verdict::Deny(Denial {
+                policy: "gatehouse.recording".into(),
+                reason: RecordError.to_string(),
+            });
+        }
+        self.authorizer.authorize(self, command)
+    }
+
+    /// Marks a command as forwarded, starting its clock. `seq` numbers commands within the
+    /// session in the order the client sent them.
+    pub fn begin(&self, seq: i64, command: CommandStart) -> InFlight {
+        InFlight {
+            seq,
+            started_at: now_micros(),
+            started: Instant::now(),
+            command,
+        }
+    }
+
+    /// Records how a command ended. An error means the command could not be recorded and the
+    /// session must end.
+    pub async fn complete(&self, command: InFlight, done: Completion) -> Result<(), RecordError> {
+        let duration = command.started.elapsed().as_micros().min(i64::MAX as u128) as i64;
+        let row = StatementRow {
+            session_id: self.id.to_string(),
+            seq: command.seq,
+            started_at: command.started_at,
+            duration_us: Some(duration),
+            text: command.command.text.to_string(),
+            params: command.command.params,
+            rows: done.rows,
+            outcome: done.outcome,
+            sqlstate: done.code,
+        };
+        self.recorder.record(Record::Statement(Box::new(row))).await
+    }
+
+    /// Records the end of the session and why it ended.
+    pub async fn close(&self, reason: &str) {
+        let record = Record::SessionClosed {
+            id: self.id.to_string(),
+            ended_at: now_micros(),
+            reason: reason.to_string(),
+        };
+        if self.recorder.record(record).await.is_err() {
+            tracing::error!(session = %self.id, "could not record the end of the session");
+        }
+    }
+}
+
+/// Formats recorded parameter values so that their total size stays bounded.
+pub fn cap_params<'a>(
+    values: impl Iterator<Item = Option<std::borrow::Cow<'a, str>>>,
+) -> Vec<Option<String>> {
+    let mut budget = MAX_RECORDED_PARAM_BYTES;
+    values
+        .map(|v| {
+            v.map(|s| {
+                if s.len() <= budget {
+                    budget -= s.len();
+                    s.into_owned()
+                } else {
+                    let mut cut = budget;
+                    while !s.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    budget = 0;
+                    format!("{}…[{} bytes]", &s[..cut], s.len())
+                }
+            })
+        })
+        .collect()
+}
+
+fn new_session_id() -> String {
+    use rand::Rng;
+    let bytes: [u8; 8] = rand::rng().random();
+    hex::encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    #[test]
+    fn parameters_are_capped_in_total() {
+        let big = "x".repeat(MAX_RECORDED_PARAM_BYTES - 10);
+        let out = cap_params(
+            [
+                Some(Cow::Borrowed(big.as_str())),
+                None,
+                Some(Cow::Borrowed("0123456789abcdef")),
+                Some(Cow::Borrowed("more")),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(out[0].as_deref(), Some(big.as_str()));
+        assert_eq!(out[1], None);
+        assert_eq!(out[2].as_deref(), Some("0123456789…[16 bytes]"));
+        assert_eq!(out[3].as_deref(), Some("…[4 bytes]"));
+    }
+}
