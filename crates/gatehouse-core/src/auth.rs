@@ -16,7 +16,9 @@ pub enum AuthError {
         "the password is not a Gatehouse token; use a token from `gatehouse token create` as the password"
     )]
     Malformed,
-    #[error("the Gatehouse token is not recognized; check that it was copied whole or create a new one")]
+    #[error(
+        "the Gatehouse token is not recognized; check that it was copied whole or create a new one"
+    )]
     Unknown,
     #[error("the Gatehouse token has been revoked; ask an administrator for a new one")]
     Revoked,
@@ -132,7 +134,10 @@ mod tests {
         assert_eq!(who.groups, vec!["agents"]);
         assert_eq!(who.kind, IdentityKind::Service);
 
-        assert_eq!(store.revoke_tokens("ci-bot", now_micros()).await.unwrap(), 1);
+        assert_eq!(
+            store.revoke_tokens("ci-bot", now_micros()).await.unwrap(),
+            1
+        );
         assert!(matches!(
             auth.authenticate(&issued.value).await,
             Err(AuthError::Revoked)

@@ -314,9 +314,10 @@ impl RawConfig {
             );
         }
 
-        let store_url = self.store.url.unwrap_or_else(|| {
-            format!("sqlite://{}", data_dir.join("gatehouse.db").display())
-        });
+        let store_url = self
+            .store
+            .url
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("gatehouse.db").display()));
         if !store_url.starts_with("sqlite:") {
             problem(
                 "store.url".into(),

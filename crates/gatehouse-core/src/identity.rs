@@ -40,6 +40,7 @@ pub struct Identity {
     pub groups: Vec<String>,
     /// The id of the token that proved this identity, so one token can be revoked.
     pub token_id: String,
+    #[serde(with = "crate::time::rfc3339::option")]
     pub expires_at: Option<Micros>,
 }
 

@@ -22,7 +22,9 @@ const WRITE_ATTEMPTS: u32 = 3;
 
 /// Why a record could not be accepted.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("the gateway cannot record commands right now (its store is failing); the command was not run")]
+#[error(
+    "the gateway cannot record commands right now (its store is failing); the command was not run"
+)]
 pub struct RecordError;
 
 /// A handle for handing records to the writer; cheap to clone.

@@ -115,7 +115,10 @@ mod tests {
     fn file_secrets_drop_one_trailing_newline() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("pw"), "s3cret\n").unwrap();
-        let r = "file:pw".parse::<SecretRef>().unwrap().resolve_relative(dir.path());
+        let r = "file:pw"
+            .parse::<SecretRef>()
+            .unwrap()
+            .resolve_relative(dir.path());
         assert_eq!(r.resolve().unwrap().expose(), "s3cret");
     }
 

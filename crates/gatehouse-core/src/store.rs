@@ -80,9 +80,12 @@ pub struct TokenRow {
     #[serde(skip)]
     pub token_hash: TokenHash,
     pub hint: String,
+    #[serde(with = "crate::time::rfc3339")]
     pub created_at: Micros,
     pub created_by: String,
+    #[serde(with = "crate::time::rfc3339::option")]
     pub expires_at: Option<Micros>,
+    #[serde(with = "crate::time::rfc3339::option")]
     pub revoked_at: Option<Micros>,
 }
 
@@ -99,7 +102,9 @@ pub struct SessionRow {
     pub token_id: String,
     pub client_addr: String,
     pub application_name: Option<String>,
+    #[serde(with = "crate::time::rfc3339")]
     pub started_at: Micros,
+    #[serde(with = "crate::time::rfc3339::option")]
     pub ended_at: Option<Micros>,
     pub end_reason: Option<String>,
     /// Filled in by listings; ignored on insert.
@@ -143,6 +148,7 @@ impl Outcome {
 pub struct StatementRow {
     pub session_id: String,
     pub seq: i64,
+    #[serde(with = "crate::time::rfc3339")]
     pub started_at: Micros,
     pub duration_us: Option<i64>,
     pub text: String,
@@ -383,7 +389,10 @@ fn to_json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".into())
 }
 
-fn groups_from(r: &sqlx::sqlite::SqliteRow, table: &'static str) -> Result<Vec<String>, StoreError> {
+fn groups_from(
+    r: &sqlx::sqlite::SqliteRow,
+    table: &'static str,
+) -> Result<Vec<String>, StoreError> {
     let text: String = r.try_get("groups")?;
     serde_json::from_str(&text).map_err(|_| StoreError::Corrupt(table))
 }

@@ -32,3 +32,26 @@ mod tests {
         assert_eq!(super::format_rfc3339(1_500), "1970-01-01T00:00:00.001Z");
     }
 }
+
+/// Serde helpers that write timestamps as RFC 3339 strings in JSON.
+pub mod rfc3339 {
+    use super::{Micros, format_rfc3339};
+
+    pub fn serialize<S: serde::Serializer>(t: &Micros, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_rfc3339(*t))
+    }
+
+    pub mod option {
+        use super::super::{Micros, format_rfc3339};
+
+        pub fn serialize<S: serde::Serializer>(
+            t: &Option<Micros>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => s.serialize_str(&format_rfc3339(*t)),
+                None => s.serialize_none(),
+            }
+        }
+    }
+}

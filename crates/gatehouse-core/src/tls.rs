@@ -61,12 +61,11 @@ pub fn server_config(
         path: key_path.clone(),
         what: "private key",
     })?;
-    let mut config = ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)?;
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
@@ -83,7 +82,11 @@ pub fn ensure_self_signed(data_dir: &Path) -> Result<(PathBuf, PathBuf), TlsErro
         path: dir.clone(),
         source,
     })?;
-    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     let certified = rcgen::generate_simple_self_signed(names)?;
     crate::fsutil::write_private(&key_path, certified.signing_key.serialize_pem().as_bytes())
         .map_err(|source| TlsError::Write {

@@ -51,8 +51,7 @@ pub fn is_well_formed(candidate: &str) -> bool {
     let Some(body) = candidate.strip_prefix(TOKEN_PREFIX) else {
         return false;
     };
-    if body.len() != RANDOM_LEN + CHECKSUM_LEN || !body.bytes().all(|b| b.is_ascii_alphanumeric())
-    {
+    if body.len() != RANDOM_LEN + CHECKSUM_LEN || !body.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return false;
     }
     let (random, checksum) = body.split_at(RANDOM_LEN);

@@ -1,0 +1,34 @@
+//! Gatehouse's REST API: JSON under `/api/v1`, authenticated with a bearer token.
+//!
+//! Every error is `{"error": {"code": "...", "message": "..."}}` with a message that says what
+//! to do. Administration (tokens, sessions) needs the `admin` group.
+
+mod error;
+mod routes;
+
+use std::sync::Arc;
+
+use axum::Router;
+use gatehouse_core::auth::Authenticator;
+use gatehouse_core::config::Config;
+use gatehouse_core::store::Store;
+
+pub use error::ApiError;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub auth: Authenticator,
+}
+
+/// The API's routes.
+pub fn router(state: ApiState) -> Router {
+    routes::router().with_state(state)
+}
+
+/// Serves the API on `listener` until the future is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).await
+}

@@ -1,0 +1,59 @@
+//! Gatehouse's PostgreSQL adapter.
+//!
+//! - [`wire`]: the protocol messages the gateway reads or writes itself; [`framer`]: splitting
+//!   streams into messages without copying.
+//! - [`session`]: one client connection from TLS to relay; [`relay`]: the authorized session,
+//!   where every statement meets the core pipeline.
+//! - [`upstream`]: the gateway as a client of the real server; [`cancel`]: cancel-key mapping.
+
+pub mod cancel;
+pub mod framer;
+pub mod relay;
+pub mod session;
+pub mod stream;
+pub mod tls;
+pub mod upstream;
+pub mod wire;
+
+use std::sync::Arc;
+
+use gatehouse_core::pipeline::Pipeline;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// What every PostgreSQL session shares.
+pub struct PgContext {
+    pub pipeline: Arc<Pipeline>,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub cancels: cancel::CancelRegistry,
+    /// Connections still in their handshake; bounded so idle sockets cannot exhaust the gateway.
+    pub handshakes: Arc<Semaphore>,
+}
+
+impl PgContext {
+    pub fn new(pipeline: Arc<Pipeline>, tls: Arc<rustls::ServerConfig>) -> Self {
+        let limit = pipeline.config().server.max_pending_handshakes;
+        PgContext {
+            pipeline,
+            tls,
+            cancels: cancel::CancelRegistry::default(),
+            handshakes: Arc::new(Semaphore::new(limit)),
+        }
+    }
+}
+
+/// Accepts connections forever, one task each, so no client can hold up another.
+pub async fn serve(listener: TcpListener, ctx: Arc<PgContext>) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, addr)) => {
+                tokio::spawn(session::handle(tcp, addr, ctx.clone()));
+            }
+            Err(e) => {
+                // Usually EMFILE: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

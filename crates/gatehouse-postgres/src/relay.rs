@@ -1,0 +1,652 @@
+//! The authorized session: relays messages both ways and feeds every statement through the
+//! pipeline.
+//!
+//! Each direction runs as its own future so that a client busy sending COPY data and a server
+//! busy sending rows never wait on each other. The client-to-server side decodes the messages
+//! that carry statements (Query, Parse, Bind, Execute), asks the pipeline, and tells the
+//! server-to-client side, through an in-order queue, which responses complete which command.
+//! Output is written in batches: a direction flushes only when it has nothing more buffered.
+//!
+//! A refused message is not simply dropped: the server must see the same transaction semantics
+//! it would for a failed statement. It is replaced by an Execute of a portal that cannot exist,
+//! which the server fails with SQLSTATE 34000 (aborting the transaction and skipping to Sync,
+//! as for any error), and the server-to-client side swaps that error for the gateway's own.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use gatehouse_core::pipeline::{
+    CommandStart, Completion, Denial, InFlight, SessionHandle, Verdict, cap_params,
+};
+use gatehouse_core::store::Outcome;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::framer::{FramePolicy, Framer, Unit};
+use crate::wire::{self, GatewayError, LARGE_MESSAGE_LIMIT, SMALL_MESSAGE_LIMIT, WireError};
+
+/// Why a relayed session ended; recorded as the session's end reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    ClientTerminated,
+    ClientClosed,
+    ServerClosed,
+    ProtocolViolation(String),
+    RecordingFailed,
+    Io(String),
+}
+
+impl EndReason {
+    pub fn as_record(&self) -> String {
+        match self {
+            EndReason::ClientTerminated => "client_terminated".into(),
+            EndReason::ClientClosed => "client_closed".into(),
+            EndReason::ServerClosed => "server_closed".into(),
+            EndReason::ProtocolViolation(m) => format!("protocol_violation: {m}"),
+            EndReason::RecordingFailed => "recording_failed".into(),
+            EndReason::Io(m) => format!("io_error: {m}"),
+        }
+    }
+}
+
+/// What the server-to-client side must expect, in the order the client sent it.
+enum Expect {
+    /// A Query (or refused FunctionCall): ends at ReadyForQuery.
+    Simple(InFlight),
+    /// An Execute: ends at CommandComplete, EmptyQueryResponse, PortalSuspended or an error.
+    Execute(InFlight),
+    /// A Sync: the server answers it with ReadyForQuery.
+    Sync,
+    /// A refused message, replaced by the poison Execute; `error` goes to the client instead of
+    /// the server's answer.
+    Denied {
+        error: Bytes,
+        command: Option<InFlight>,
+    },
+    /// The client broke the protocol: send `error` and end the session.
+    Fatal { error: Bytes, reason: String },
+}
+
+/// Limits for one session's relay.
+#[derive(Clone, Copy)]
+pub struct RelayLimits {
+    pub max_message_bytes: usize,
+}
+
+/// Relays until either side ends, then records any command left without an answer.
+pub async fn relay<C, S>(
+    client: C,
+    server: S,
+    session: SessionHandle,
+    limits: RelayLimits,
+) -> EndReason
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (client_read, client_write) = tokio::io::split(client);
+    let (server_read, server_write) = tokio::io::split(server);
+    let (expect_tx, expect_rx) = mpsc::unbounded_channel();
+    let poison: Arc<str> = format!(
+        "gatehouse_refused_{}",
+        hex::encode(rand::random::<[u8; 8]>())
+    )
+    .into();
+
+    let mut upstream = ClientToServer {
+        framer: Framer::new(client_read),
+        server: server_write,
+        out: BytesMut::with_capacity(16 * 1024),
+        expect: expect_tx,
+        session: session.clone(),
+        statements: HashMap::new(),
+        portals: HashMap::new(),
+        seq: 0,
+        poison: poison.clone(),
+        policy: ClientPolicy(limits),
+    };
+    let mut downstream = ServerToClient {
+        framer: Framer::new(server_read),
+        client: client_write,
+        out: BytesMut::with_capacity(16 * 1024),
+        expect: expect_rx,
+        queue: VecDeque::new(),
+        session,
+        poison,
+        rows: 0,
+        simple_rows: 0,
+        simple_error: None,
+    };
+    let reason = tokio::select! {
+        r = upstream.run() => r,
+        r = downstream.run() => r,
+    };
+    downstream.abandon_pending().await;
+    reason
+}
+
+// ---- client to server -------------------------------------------------------------------------
+
+struct ClientPolicy(RelayLimits);
+
+impl FramePolicy for ClientPolicy {
+    fn streamed(&self, tag: u8) -> bool {
+        tag == b'd'
+    }
+
+    fn limit(&self, tag: u8) -> usize {
+        match tag {
+            b'S' | b'H' | b'X' | b'C' | b'D' | b'c' => SMALL_MESSAGE_LIMIT,
+            _ => self.0.max_message_bytes,
+        }
+    }
+}
+
+/// A portal as bound: the statement text it runs and its parameters, for the record.
+struct Portal {
+    text: Arc<str>,
+    params: Vec<Option<String>>,
+}
+
+struct ClientToServer<R, W> {
+    framer: Framer<R>,
+    server: W,
+    out: BytesMut,
+    expect: mpsc::UnboundedSender<Expect>,
+    session: SessionHandle,
+    statements: HashMap<String, Arc<str>>,
+    portals: HashMap<String, Portal>,
+    seq: i64,
+    poison: Arc<str>,
+    policy: ClientPolicy,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
+    async fn run(&mut self) -> EndReason {
+        loop {
+            let unit = match self.framer.next_buffered(&self.policy) {
+                Ok(u) => u,
+                Err(e) => return self.fatal(e),
+            };
+            match unit {
+                Some(Unit::Streamed { bytes, .. }) => self.out.extend_from_slice(&bytes),
+                Some(Unit::Frame(frame)) => {
+                    if let Err(reason) = self.handle(frame) {
+                        if let Err(e) = self.flush().await {
+                            return EndReason::Io(e.to_string());
+                        }
+                        return reason;
+                    }
+                }
+                None => {
+                    if let Err(e) = self.flush().await {
+                        return EndReason::Io(e.to_string());
+                    }
+                    match self.framer.fill().await {
+                        Ok(true) => {}
+                        Ok(false) | Err(_) => return EndReason::ClientClosed,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.server.write_all(&self.out).await?;
+            self.server.flush().await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Handles one whole client message; `Err` ends the session.
+    fn handle(&mut self, frame: BytesMut) -> Result<(), EndReason> {
+        let body = &frame[5..];
+        match frame[0] {
+            b'Q' => {
+                let text = match wire::parse_query(body) {
+                    Ok(t) => t,
+                    Err(WireError::NotUtf8(what)) => {
+                        let start = CommandStart {
+                            text: String::from_utf8_lossy(&body[..body.len().saturating_sub(1)])
+                                .into(),
+                            params: None,
+                        };
+                        self.refuse(start, not_utf8(what), true);
+                        return Ok(());
+                    }
+                    Err(e) => return Err(self.fatal(e)),
+                };
+                let start = CommandStart {
+                    text: text.into(),
+                    params: None,
+                };
+                match self.session.authorize(&start) {
+                    Verdict::Allow => {
+                        let inflight = self.begin(start);
+                        self.push(Expect::Simple(inflight));
+                        self.out.extend_from_slice(&frame);
+                    }
+                    Verdict::Deny(denial) => self.refuse(start, denied(&denial), true),
+                }
+            }
+            b'P' => match wire::parse_parse(body) {
+                Ok((name, query)) => {
+                    self.statements.insert(name.to_string(), query.into());
+                    self.out.extend_from_slice(&frame);
+                }
+                Err(WireError::NotUtf8(what)) => {
+                    let start = CommandStart {
+                        text: "<Parse with invalid UTF-8>".into(),
+                        params: None,
+                    };
+                    self.refuse(start, not_utf8(what), false);
+                }
+                Err(e) => return Err(self.fatal(e)),
+            },
+            b'B' => match wire::parse_bind(body) {
+                Ok(bind) => {
+                    if let Some(text) = self.statements.get(bind.statement) {
+                        let params = cap_params(bind.params.iter().enumerate().map(|(i, v)| {
+                            v.map(|bytes| {
+                                if bind.is_binary(i) {
+                                    format!("\\x{}", hex::encode(bytes)).into()
+                                } else {
+                                    String::from_utf8_lossy(bytes)
+                                }
+                            })
+                        }));
+                        self.portals.insert(
+                            bind.portal.to_string(),
+                            Portal {
+                                text: text.clone(),
+                                params,
+                            },
+                        );
+                    } else {
+                        // The server will answer 26000 for the unknown statement.
+                        self.portals.remove(bind.portal);
+                    }
+                    self.out.extend_from_slice(&frame);
+                }
+                Err(WireError::NotUtf8(what)) => {
+                    let start = CommandStart {
+                        text: "<Bind with invalid UTF-8 names>".into(),
+                        params: None,
+                    };
+                    self.refuse(start, not_utf8(what), false);
+                }
+                Err(e) => return Err(self.fatal(e)),
+            },
+            b'E' => {
+                let portal = match wire::parse_execute(body) {
+                    Ok(p) => p,
+                    Err(e) => return Err(self.fatal(e)),
+                };
+                let start = match self.portals.get(portal) {
+                    Some(p) => CommandStart {
+                        text: p.text.clone(),
+                        params: Some(p.params.clone()),
+                    },
+                    None => CommandStart {
+                        text: format!("-- Execute of unknown portal \"{portal}\"").into(),
+                        params: None,
+                    },
+                };
+                match self.session.authorize(&start) {
+                    Verdict::Allow => {
+                        let inflight = self.begin(start);
+                        self.push(Expect::Execute(inflight));
+                        self.out.extend_from_slice(&frame);
+                    }
+                    Verdict::Deny(denial) => self.refuse(start, denied(&denial), false),
+                }
+            }
+            b'C' => {
+                match wire::parse_target(body, "Close") {
+                    Ok((b'S', name)) => {
+                        self.statements.remove(name);
+                    }
+                    Ok((_, name)) => {
+                        self.portals.remove(name);
+                    }
+                    Err(e) => return Err(self.fatal(e)),
+                }
+                self.out.extend_from_slice(&frame);
+            }
+            b'S' => {
+                self.push(Expect::Sync);
+                self.out.extend_from_slice(&frame);
+            }
+            b'D' | b'H' | b'c' | b'f' => self.out.extend_from_slice(&frame),
+            b'F' => {
+                let start = CommandStart {
+                    text: "<FunctionCall message>".into(),
+                    params: None,
+                };
+                let error = GatewayError::error(
+                    "42501",
+                    "Gatehouse does not allow the FunctionCall protocol message",
+                )
+                .with_hint("call the function in a SELECT statement instead");
+                self.refuse(start, error, true);
+            }
+            b'X' => {
+                self.out.extend_from_slice(&frame);
+                return Err(EndReason::ClientTerminated);
+            }
+            other => return Err(self.fatal(WireError::UnexpectedType(other as char))),
+        }
+        Ok(())
+    }
+
+    fn begin(&mut self, start: CommandStart) -> InFlight {
+        self.seq += 1;
+        self.session.begin(self.seq, start)
+    }
+
+    fn push(&self, expect: Expect) {
+        // The receiver lives as long as the relay; a send can only fail while it is ending.
+        let _ = self.expect.send(expect);
+    }
+
+    /// Refuses a message: nothing of it reaches the server, the client gets `error` in order,
+    /// and the command is recorded as denied. `with_sync` is for messages that end with their
+    /// own ReadyForQuery (Query, FunctionCall).
+    fn refuse(&mut self, start: CommandStart, error: GatewayError, with_sync: bool) {
+        let mut bytes = BytesMut::new();
+        error.encode(&mut bytes);
+        let command = Some(self.begin(start));
+        self.push(Expect::Denied {
+            error: bytes.freeze(),
+            command,
+        });
+        wire::execute_missing_portal(&mut self.out, &self.poison);
+        if with_sync {
+            self.push(Expect::Sync);
+            wire::sync(&mut self.out);
+        }
+    }
+
+    fn fatal(&mut self, e: WireError) -> EndReason {
+        let mut bytes = BytesMut::new();
+        GatewayError::fatal("08P01", e.to_string()).encode(&mut bytes);
+        let reason = e.to_string();
+        self.push(Expect::Fatal {
+            error: bytes.freeze(),
+            reason: reason.clone(),
+        });
+        EndReason::ProtocolViolation(reason)
+    }
+}
+
+fn denied(denial: &Denial) -> GatewayError {
+    GatewayError::error(
+        "42501",
+        format!(
+            "Gatehouse denied this statement: {} (policy {})",
+            denial.reason, denial.policy
+        ),
+    )
+}
+
+fn not_utf8(what: &str) -> GatewayError {
+    GatewayError::error(
+        "22021",
+        format!("Gatehouse refused a {what} message whose text is not valid UTF-8"),
+    )
+    .with_hint("send statements in UTF-8")
+}
+
+// ---- server to client -------------------------------------------------------------------------
+
+struct ServerPolicy;
+
+impl FramePolicy for ServerPolicy {
+    fn streamed(&self, tag: u8) -> bool {
+        tag == b'D' || tag == b'd'
+    }
+
+    fn limit(&self, _: u8) -> usize {
+        LARGE_MESSAGE_LIMIT
+    }
+}
+
+struct ServerToClient<R, W> {
+    framer: Framer<R>,
+    client: W,
+    out: BytesMut,
+    expect: mpsc::UnboundedReceiver<Expect>,
+    queue: VecDeque<Expect>,
+    session: SessionHandle,
+    poison: Arc<str>,
+    /// DataRows seen for the command at the front of the queue.
+    rows: i64,
+    /// Rows and first error of the Simple command at the front.
+    simple_rows: i64,
+    simple_error: Option<String>,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
+    async fn run(&mut self) -> EndReason {
+        loop {
+            let unit = match self.framer.next_buffered(&ServerPolicy) {
+                Ok(u) => u,
+                Err(e) => return EndReason::Io(format!("server: {e}")),
+            };
+            let result = match unit {
+                Some(Unit::Streamed { tag, bytes }) => {
+                    if tag == Some(b'D') {
+                        self.rows += 1;
+                    }
+                    self.out.extend_from_slice(&bytes);
+                    Ok(())
+                }
+                Some(Unit::Frame(frame)) => self.handle(frame).await,
+                None => {
+                    if let Err(e) = self.flush().await {
+                        return EndReason::Io(e.to_string());
+                    }
+                    tokio::select! {
+                        biased;
+                        filled = self.framer.fill() => match filled {
+                            Ok(true) => Ok(()),
+                            Ok(false) | Err(_) => return EndReason::ServerClosed,
+                        },
+                        expect = self.expect.recv() => {
+                            match expect {
+                                Some(Expect::Fatal { error, reason }) => {
+                                    self.out.extend_from_slice(&error);
+                                    let _ = self.flush().await;
+                                    return EndReason::ProtocolViolation(reason);
+                                }
+                                Some(other) => self.queue.push_back(other),
+                                None => {}
+                            }
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(reason) = result {
+                let _ = self.flush().await;
+                return reason;
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.client.write_all(&self.out).await?;
+            self.client.flush().await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Moves everything the client side has announced into the local queue.
+    fn drain_announced(&mut self) -> Result<(), EndReason> {
+        while let Ok(e) = self.expect.try_recv() {
+            if let Expect::Fatal { error, reason } = e {
+                self.out.extend_from_slice(&error);
+                return Err(EndReason::ProtocolViolation(reason));
+            }
+            self.queue.push_back(e);
+        }
+        Ok(())
+    }
+
+    async fn handle(&mut self, frame: BytesMut) -> Result<(), EndReason> {
+        match frame[0] {
+            b'C' | b'I' | b's' => {
+                self.drain_announced()?;
+                let tagged = (frame[0] == b'C')
+                    .then(|| wire::command_complete_rows(&frame[5..]))
+                    .flatten();
+                match self.queue.front() {
+                    Some(Expect::Execute(_)) => {
+                        let rows = tagged.unwrap_or(self.rows);
+                        if let Some(Expect::Execute(cmd)) = self.queue.pop_front() {
+                            self.complete(cmd, Outcome::Ok, Some(rows), None).await?;
+                        }
+                    }
+                    Some(Expect::Simple(_)) => {
+                        self.simple_rows += tagged.unwrap_or(self.rows);
+                    }
+                    _ => {}
+                }
+                self.rows = 0;
+                self.out.extend_from_slice(&frame);
+            }
+            b'E' => {
+                self.drain_announced()?;
+                let body = &frame[5..];
+                let code = wire::error_field(body, b'C').map(str::to_string);
+                let is_poison = code.as_deref() == Some("34000")
+                    && wire::error_field(body, b'M').is_some_and(|m| m.contains(&*self.poison));
+                if is_poison {
+                    self.answer_poison().await?;
+                } else {
+                    self.out.extend_from_slice(&frame);
+                    match self.queue.front() {
+                        Some(Expect::Execute(_)) => {
+                            if let Some(Expect::Execute(cmd)) = self.queue.pop_front() {
+                                self.complete(cmd, Outcome::Error, None, code).await?;
+                            }
+                        }
+                        Some(Expect::Simple(_)) => {
+                            if self.simple_error.is_none() {
+                                self.simple_error = code;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                self.rows = 0;
+            }
+            b'Z' => {
+                self.drain_announced()?;
+                self.out.extend_from_slice(&frame);
+                self.ready_for_query().await?;
+            }
+            _ => self.out.extend_from_slice(&frame),
+        }
+        Ok(())
+    }
+
+    /// The server failed the poison Execute: send the gateway's error in its place.
+    async fn answer_poison(&mut self) -> Result<(), EndReason> {
+        while let Some(front) = self.queue.pop_front() {
+            match front {
+                Expect::Denied { error, command } => {
+                    self.out.extend_from_slice(&error);
+                    if let Some(cmd) = command {
+                        self.complete(cmd, Outcome::Denied, None, Some("42501".into()))
+                            .await?;
+                    }
+                    return Ok(());
+                }
+                other => self.settle(other, Outcome::Unknown).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// ReadyForQuery ends everything up to and including the first Sync or Simple command.
+    async fn ready_for_query(&mut self) -> Result<(), EndReason> {
+        while let Some(front) = self.queue.pop_front() {
+            match front {
+                Expect::Sync => break,
+                Expect::Simple(cmd) => {
+                    let outcome = if self.simple_error.is_some() {
+                        Outcome::Error
+                    } else {
+                        Outcome::Ok
+                    };
+                    let rows = Some(self.simple_rows);
+                    let code = self.simple_error.take();
+                    self.simple_rows = 0;
+                    self.complete(cmd, outcome, rows, code).await?;
+                    break;
+                }
+                // Skipped by the server after an earlier error in the same pipeline.
+                other => self.settle(other, Outcome::Error).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a queued command that got no answer of its own.
+    async fn settle(&mut self, e: Expect, outcome: Outcome) -> Result<(), EndReason> {
+        match e {
+            Expect::Simple(cmd) | Expect::Execute(cmd) => {
+                self.complete(cmd, outcome, None, None).await
+            }
+            Expect::Denied {
+                command: Some(cmd), ..
+            } => {
+                self.complete(cmd, Outcome::Denied, None, Some("42501".into()))
+                    .await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn complete(
+        &mut self,
+        cmd: InFlight,
+        outcome: Outcome,
+        rows: Option<i64>,
+        code: Option<String>,
+    ) -> Result<(), EndReason> {
+        let done = Completion {
+            outcome,
+            rows,
+            code,
+        };
+        if self.session.complete(cmd, done).await.is_err() {
+            let mut bytes = BytesMut::new();
+            GatewayError::fatal(
+                "58000",
+                "Gatehouse cannot record commands right now, so it ended the session",
+            )
+            .with_hint("an administrator should check the gateway's store; reconnect later")
+            .encode(&mut bytes);
+            self.out.extend_from_slice(&bytes);
+            return Err(EndReason::RecordingFailed);
+        }
+        Ok(())
+    }
+
+    /// Records commands that never got an answer because the session ended.
+    async fn abandon_pending(&mut self) {
+        while let Ok(e) = self.expect.try_recv() {
+            self.queue.push_back(e);
+        }
+        while let Some(e) = self.queue.pop_front() {
+            let _ = self.settle(e, Outcome::Unknown).await;
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "An identity-aware access gateway for agents, scripts and people"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(ConfigArg),
+    /// Validate a config file and say exactly what is wrong and where.
+    Check(ConfigArg),
+    /// Service-account tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Recorded sessions and their statements.
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+    /// Registered connections.
+    #[command(subcommand)]
+    Connections(ConnectionsCommand),
+    /// Show the identity and groups the gateway sees for the current token.
+    Whoami(ApiArgs),
+}
+
+#[derive(Args)]
+pub struct ConfigArg {
+    /// The config file (default: gatehouse.toml in the current directory, if present).
+    #[arg(long, env = "GATEHOUSE_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+pub struct ApiArgs {
+    /// The gateway's API address.
+    #[arg(
+        long,
+        env = "GATEHOUSE_URL",
+        default_value = "http://127.0.0.1:8009",
+        global = true
+    )]
+    pub url: String,
+    /// The token to authenticate with.
+    #[arg(long, env = "GATEHOUSE_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
+    pub format: Format,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a service-account token; it is printed once.
+    Create {
+        /// The service account, one per automation class (e.g. ci-bot).
+        #[arg(long)]
+        name: String,
+        /// A group the account belongs to (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Lifetime, such as 30d or 12h (default: no expiry).
+        #[arg(long)]
+        ttl: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List tokens (never their values).
+    List(ApiArgs),
+    /// Revoke a token by id, or every token of an account by name.
+    Revoke {
+        selector: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SessionsCommand {
+    /// Recent sessions, newest first.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// One session with every statement.
+    Show {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConnectionsCommand {
+    /// Connections the gateway offers.
+    List(ApiArgs),
+}

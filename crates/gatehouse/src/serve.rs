@@ -1,0 +1,135 @@
+//! `gatehouse serve`: brings the gateway up on its embedded store.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use gatehouse_api::ApiState;
+use gatehouse_core::auth::Authenticator;
+use gatehouse_core::config::Config;
+use gatehouse_core::fsutil;
+use gatehouse_core::identity::ADMIN_GROUP;
+use gatehouse_core::pipeline::Pipeline;
+use gatehouse_core::recorder::Recorder;
+use gatehouse_core::store::Store;
+use gatehouse_postgres::PgContext;
+use tokio::net::TcpListener;
+
+/// The file holding the bootstrap admin token, inside the data directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let data_dir = &config.server.data_dir;
+    fsutil::create_private_dir(data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+
+    let store = Store::open(&config.store.url)
+        .await
+        .with_context(|| format!("cannot open the store at {}", config.store.url))?;
+    let auth = Authenticator::new(store.clone());
+    ensure_admin_token(&auth, data_dir).await?;
+
+    let tls = gatehouse_core::tls::server_config(
+        config.server.tls_cert.as_deref(),
+        config.server.tls_key.as_deref(),
+        data_dir,
+        &[gatehouse_postgres::session::ALPN_POSTGRESQL],
+    )
+    .context("cannot set up TLS")?;
+
+    let (recorder, _writer) = Recorder::start(store.clone());
+    let pipeline = Arc::new(Pipeline::new(config.clone(), store.clone(), recorder));
+
+    let pg_listener = TcpListener::bind(config.server.postgres_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (server.postgres_listen)",
+                config.server.postgres_listen
+            )
+        })?;
+    let api_listener = TcpListener::bind(config.server.api_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (server.api_listen)",
+                config.server.api_listen
+            )
+        })?;
+    tracing::info!(
+        postgres = %pg_listener.local_addr()?,
+        api = %format!("http://{}", api_listener.local_addr()?),
+        connections = config.connections.len(),
+        "Gatehouse is ready"
+    );
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
+
+    let pg = tokio::spawn(gatehouse_postgres::serve(
+        pg_listener,
+        Arc::new(PgContext::new(pipeline, tls)),
+    ));
+    let api = tokio::spawn(gatehouse_api::serve(
+        api_listener,
+        ApiState {
+            config: config.clone(),
+            store,
+            auth,
+        },
+    ));
+
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+        r = pg => anyhow::bail!("the PostgreSQL listener stopped: {r:?}"),
+        r = api => anyhow::bail!("the API listener stopped: {r:?}"),
+    }
+    // Give the recorder a moment to commit what it has queued.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    Ok(())
+}
+
+/// Creates the admin token on first start (or when the store no longer knows it).
+async fn ensure_admin_token(auth: &Authenticator, data_dir: &Path) -> anyhow::Result<()> {
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    if let Ok(existing) = std::fs::read_to_string(&path)
+        && auth.authenticate(existing.trim()).await.is_ok()
+    {
+        return Ok(());
+    }
+    let issued = auth
+        .issue(
+            "admin",
+            vec![ADMIN_GROUP.to_string()],
+            None,
+            "gatehouse/bootstrap",
+        )
+        .await
+        .context("cannot create the admin token")?;
+    fsutil::write_private(&path, format!("{}\n", issued.value).as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tracing::info!(file = %path.display(), "created the admin token (mode 0600)");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
