@@ -39,7 +39,7 @@ pub fn generate() -> NewToken {
     for _ in 0..RANDOM_LEN {
         value.push(BASE62[rng.random_range(0..BASE62.len())] as char);
     }
-    let checksum = crc32(value[TOKEN_PREFIX.len()..].as_bytes());
+    let checksum = crc32(&value.as_bytes()[TOKEN_PREFIX.len()..]);
     value.push_str(&base62_fixed(checksum as u64, CHECKSUM_LEN));
     let hash = TokenHash::of(&value);
     NewToken { value, hash }

@@ -11,8 +11,11 @@ use crate::upstream::CancelTarget;
 /// The cancel keys of live sessions. Touched at session start, end and cancel, never per message.
 #[derive(Default, Clone)]
 pub struct CancelRegistry {
-    inner: Arc<Mutex<HashMap<i32, (Vec<u8>, CancelTarget)>>>,
+    inner: Arc<Mutex<HashMap<i32, Registered>>>,
 }
+
+/// A client-facing key and the backend it cancels.
+type Registered = (Vec<u8>, CancelTarget);
 
 /// Removes its session's key from the registry when the session ends.
 pub struct CancelKey {

@@ -536,10 +536,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
                                 self.complete(cmd, Outcome::Error, None, code).await?;
                             }
                         }
-                        Some(Expect::Simple(_)) => {
-                            if self.simple_error.is_none() {
-                                self.simple_error = code;
-                            }
+                        Some(Expect::Simple(_)) if self.simple_error.is_none() => {
+                            self.simple_error = code;
                         }
                         _ => {}
                     }
@@ -640,13 +638,18 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
         Ok(())
     }
 
-    /// Records commands that never got an answer because the session ended.
+    /// Records commands that never got an answer because the session ended, and delivers a
+    /// protocol-violation error the client side announced just before it stopped.
     async fn abandon_pending(&mut self) {
         while let Ok(e) = self.expect.try_recv() {
             self.queue.push_back(e);
         }
         while let Some(e) = self.queue.pop_front() {
+            if let Expect::Fatal { error, .. } = &e {
+                self.out.extend_from_slice(error);
+            }
             let _ = self.settle(e, Outcome::Unknown).await;
         }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.flush()).await;
     }
 }

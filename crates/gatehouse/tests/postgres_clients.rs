@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{APP_PASSWORD, Gateway, driver_config};
+use common::{APP_PASSWORD, Gateway, driver_config, raw};
 use tokio_postgres::NoTls;
 
 #[test]
@@ -206,10 +206,10 @@ async fn the_backend_key_is_never_shown_to_the_client() {
         .await
         .unwrap()
         .get(0);
-    let raw = common_raw::startup_and_collect(&gw, &token).await;
+    let raw = startup_and_collect(&gw, &token).await;
     assert!(raw.backend_key_pid != backend_pid);
     // And a second session gets a different key.
-    let again = common_raw::startup_and_collect(&gw, &token).await;
+    let again = startup_and_collect(&gw, &token).await;
     assert_ne!(raw.backend_key_pid, again.backend_key_pid);
 }
 
@@ -353,7 +353,7 @@ async fn the_upstream_password_never_reaches_the_client_the_log_or_the_store() {
     let gw = Gateway::start();
     let token = gw.token("prober", &[]);
     // Everything a client can receive, byte for byte, over a raw socket, including errors.
-    let raw = common_raw::startup_and_collect(&gw, &token).await;
+    let raw = startup_and_collect(&gw, &token).await;
     let mut seen = raw.bytes;
     let (client, conn) = driver_config(&gw, "appdb", &token)
         .connect(NoTls)
@@ -400,53 +400,28 @@ async fn the_upstream_password_never_reaches_the_client_the_log_or_the_store() {
     }
 }
 
-/// Raw-socket helpers shared with the wire tests.
-mod common_raw {
-    pub use super::common::*;
+struct RawSession {
+    bytes: Vec<u8>,
+    backend_key_pid: i32,
+}
 
-    pub struct RawSession {
-        pub bytes: Vec<u8>,
-        pub backend_key_pid: i32,
+/// Logs in over a raw socket and returns every byte received, up to ReadyForQuery.
+async fn startup_and_collect(gw: &Gateway, token: &str) -> RawSession {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.pg_port))
+        .await
+        .unwrap();
+    let msgs = raw::login_on(&mut s, token).await;
+    let mut bytes = Vec::new();
+    let mut backend_key_pid = 0;
+    for (tag, body) in msgs {
+        if tag == b'K' {
+            backend_key_pid = i32::from_be_bytes(body[..4].try_into().unwrap());
+        }
+        bytes.push(tag);
+        bytes.extend(body);
     }
-
-    /// Logs in over a raw socket and returns every byte received, up to ReadyForQuery.
-    pub async fn startup_and_collect(gw: &Gateway, token: &str) -> RawSession {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.pg_port))
-            .await
-            .unwrap();
-        let mut body = 196608i32.to_be_bytes().to_vec();
-        body.extend(b"user\0agent\0database\0appdb\0\0");
-        let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-        msg.extend(body);
-        s.write_all(&msg).await.unwrap();
-        let mut bytes = Vec::new();
-        let mut pid = 0;
-        loop {
-            let mut header = [0u8; 5];
-            s.read_exact(&mut header).await.unwrap();
-            let len = i32::from_be_bytes(header[1..5].try_into().unwrap()) as usize;
-            let mut b = vec![0u8; len - 4];
-            s.read_exact(&mut b).await.unwrap();
-            bytes.extend(header);
-            bytes.extend(&b);
-            match header[0] {
-                b'R' if b[..4] == 3i32.to_be_bytes() => {
-                    let mut p = vec![b'p'];
-                    p.extend(((token.len() + 5) as i32).to_be_bytes());
-                    p.extend(token.as_bytes());
-                    p.push(0);
-                    s.write_all(&p).await.unwrap();
-                }
-                b'K' => pid = i32::from_be_bytes(b[..4].try_into().unwrap()),
-                b'Z' => break,
-                b'E' => panic!("login failed: {}", String::from_utf8_lossy(&b)),
-                _ => {}
-            }
-        }
-        RawSession {
-            bytes,
-            backend_key_pid: pid,
-        }
+    RawSession {
+        bytes,
+        backend_key_pid,
     }
 }

@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -209,13 +211,15 @@ impl Cluster {
             data = data.display(),
             dir = dir.display(),
         );
-        Command::new("setsid")
+        // The reaper outlives this process on purpose, so it is never waited for.
+        let _reaper = Command::new("setsid")
             .args(["sh", "-c", &reaper])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start the cluster reaper (setsid, sh)");
+        drop(_reaper);
 
         let cluster = Cluster {
             port,
