@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Gatehouse PostgreSQL benchmark: the cost of the gateway against direct access and PgBouncer.
+#
+# Starts a throwaway PostgreSQL cluster (scram-sha-256, TLS), loads pgbench data, starts
+# PgBouncer (session mode, TLS to clients; installed from Debian if missing) and a release
+# build of Gatehouse, then runs pgbench against each path in turn, interleaved, for ROUNDS
+# rounds, and prints medians and ratios. Everything listens on 127.0.0.1 and is stopped at exit.
+#
+#   bench/pg.sh                       # defaults below
+#   ROUNDS=5 DURATION=20 bench/pg.sh
+#   MODES="prepared" SCRIPTS="select" CLIENTS="8" bench/pg.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+SCALE=${SCALE:-10}
+MODES=${MODES:-"simple extended prepared"}
+SCRIPTS=${SCRIPTS:-"select tpcb"}
+CLIENTS=${CLIENTS:-"8 1"}
+TARGETS=${TARGETS:-"direct pgbouncer gatehouse"}
+
+log() { printf '%s\n' "$*" >&2; }
+
+if ! command -v pgbouncer >/dev/null 2>&1 && [[ " $TARGETS " == *" pgbouncer "* ]]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    log "installing pgbouncer"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null; }
+  else
+    log "pgbouncer is missing (apt-get install pgbouncer); running without it"
+    TARGETS=${TARGETS/pgbouncer/}
+  fi
+fi
+
+log "building gatehouse (release)"
+cargo build --release -q -p gatehouse
+GATEHOUSE=${CARGO_TARGET_DIR:-target}/release/gatehouse
+
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
+WORK=$(mktemp -d /tmp/gatehouse-bench.XXXXXX)
+chmod 755 "$WORK"
+as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+PW=bench-$RANDOM$RANDOM
+PG_PORT=$(free_port); BOUNCER_PORT=$(free_port); GH_PORT=$(free_port); API_PORT=$(free_port)
+echo -n "$PW" > "$WORK/pwfile"
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
+  -keyout "$WORK/server.key" -out "$WORK/server.crt" >/dev/null 2>&1
+chmod 600 "$WORK/server.key"
+[ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$WORK"
+
+log "starting PostgreSQL on $PG_PORT"
+as_pg "$PGBIN/initdb" -D "$WORK/data" -U postgres --auth=scram-sha-256 --pwfile="$WORK/pwfile" -E UTF8 --no-sync >/dev/null
+cat >> "$WORK/data/postgresql.conf" <<EOF
+port = $PG_PORT
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$WORK'
+max_connections = 400
+shared_buffers = 256MB
+ssl = on
+ssl_cert_file = '$WORK/server.crt'
+ssl_key_file = '$WORK/server.key'
+EOF
+as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -w start >/dev/null
+export PGPASSWORD=$PW
+pgbench -h 127.0.0.1 -p "$PG_PORT" -U postgres -i -s "$SCALE" -q postgres >/dev/null 2>&1
+
+if [[ " $TARGETS " == *" pgbouncer "* ]]; then
+  log "starting PgBouncer on $BOUNCER_PORT"
+  echo "\"postgres\" \"$PW\"" > "$WORK/userlist.txt"
+  cat > "$WORK/pgbouncer.ini" <<EOF
+[databases]
+postgres = host=127.0.0.1 port=$PG_PORT dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $WORK/userlist.txt
+pool_mode = session
+max_client_conn = 6000
+default_pool_size = 300
+client_tls_sslmode = require
+client_tls_key_file = $WORK/server.key
+client_tls_cert_file = $WORK/server.crt
+logfile = $WORK/pgbouncer.log
+EOF
+  [ "$(id -u)" -eq 0 ] && chown postgres "$WORK/pgbouncer.ini" "$WORK/userlist.txt"
+  as_pg pgbouncer -q "$WORK/pgbouncer.ini" &
+  PIDS+=($!)
+fi
+
+log "starting Gatehouse on $GH_PORT"
+cat > "$WORK/gatehouse.toml" <<EOF
+[server]
+data_dir = "$WORK/gh"
+api_listen = "127.0.0.1:$API_PORT"
+postgres_listen = "127.0.0.1:$GH_PORT"
+max_pending_handshakes = 8192
+[[connections]]
+name = "postgres"
+kind = "postgres"
+host = "127.0.0.1"
+port = $PG_PORT
+database = "postgres"
+user = "postgres"
+password = "env:BENCH_PG_PASSWORD"
+EOF
+BENCH_PG_PASSWORD=$PW GATEHOUSE_LOG=warn "$GATEHOUSE" serve --config "$WORK/gatehouse.toml" 2>"$WORK/gatehouse.log" &
+GH_PID=$!
+PIDS+=($GH_PID)
+for _ in $(seq 100); do [ -f "$WORK/gh/admin.token" ] && break; sleep 0.1; done
+TOKEN=$(GATEHOUSE_URL=http://127.0.0.1:$API_PORT GATEHOUSE_TOKEN=$(cat "$WORK/gh/admin.token") "$GATEHOUSE" token create --name bench 2>/dev/null)
+sleep 0.5
+
+port_of() { case $1 in direct) echo "$PG_PORT";; pgbouncer) echo "$BOUNCER_PORT";; gatehouse) echo "$GH_PORT";; esac; }
+pass_of() { case $1 in gatehouse) echo "$TOKEN";; *) echo "$PW";; esac; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$GH_PID/stat"; }
+TICK=$(getconf CLK_TCK)
+
+RESULTS="$WORK/results.tsv"
+: > "$RESULTS"
+run() { # target mode script clients -> tps, latency ms
+  local target=$1 mode=$2 script=$3 clients=$4 flags=()
+  [ "$script" = select ] && flags+=(-S)
+  local jobs=$(( clients < 2 ? 1 : 2 ))
+  PGPASSWORD=$(pass_of "$target") PGSSLMODE=require pgbench -h 127.0.0.1 -p "$(port_of "$target")" -U postgres \
+    -M "$mode" "${flags[@]}" -c "$clients" -j "$jobs" -T "$DURATION" postgres 2>&1 |
+    awk '/^latency average/ {lat=$4} /^tps/ {tps=$3} /failed transactions: [1-9]/ {fail=1} END {if (fail) print "FAILED"; else printf "%s\t%s\n", tps, lat}'
+}
+
+for round in $(seq "$ROUNDS"); do
+  for script in $SCRIPTS; do for mode in $MODES; do for clients in $CLIENTS; do
+    for target in $TARGETS; do
+      before=$(cpu_ticks)
+      out=$(run "$target" "$mode" "$script" "$clients")
+      after=$(cpu_ticks)
+      [ "$out" = FAILED ] && { log "pgbench reported failed transactions: $target $mode $script $clients"; exit 1; }
+      tps=${out%%$'\t'*}; lat=${out##*$'\t'}
+      cpu_us=""
+      if [ "$target" = gatehouse ]; then
+        cpu_us=$(awk -v t=$((after - before)) -v tick="$TICK" -v tps="$tps" -v d="$DURATION" 'BEGIN { printf "%.1f", t / tick * 1e6 / (tps * d) }')
+      fi
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$script" "$mode" "$clients" "$target" "$tps" "$lat" >> "$RESULTS"
+      [ -n "$cpu_us" ] && printf 'cpu\t%s\t%s\t%s\t%s\n' "$script" "$mode" "$clients" "$cpu_us" >> "$RESULTS"
+      log "round $round: $script $mode c=$clients $target: $tps tps, $lat ms${cpu_us:+, gateway CPU ${cpu_us} us/txn}"
+    done
+  done; done; done
+done
+
+python3 - "$RESULTS" "$TARGETS" <<'EOF'
+import sys, statistics, collections
+rows = [l.rstrip('\n').split('\t') for l in open(sys.argv[1])]
+targets = sys.argv[2].split()
+tps = collections.defaultdict(list); lat = collections.defaultdict(list); cpu = collections.defaultdict(list)
+for r in rows:
+    if r[0] == 'cpu':
+        cpu[tuple(r[1:4])].append(float(r[4]))
+    else:
+        key = tuple(r[1:4]); tps[key + (r[4],)].append(float(r[5])); lat[key + (r[4],)].append(float(r[6]))
+keys = sorted({k[:3] for k in tps}, key=lambda k: (k[0], k[1], -int(k[2])))
+head = "| script | mode | clients | " + " | ".join(f"{t} tps" for t in targets) + " | gatehouse/direct | "
+head += "gatehouse/pgbouncer | " if 'pgbouncer' in targets else ""
+head += "added latency (ms) | gateway CPU/txn (us) |"
+print(head); print("|" + "---|" * (head.count("|") - 1))
+for k in keys:
+    med = {t: statistics.median(tps[k + (t,)]) for t in targets if tps.get(k + (t,))}
+    mlat = {t: statistics.median(lat[k + (t,)]) for t in targets if lat.get(k + (t,))}
+    cells = [k[0], k[1], k[2]] + [f"{med[t]:.0f}" for t in targets]
+    cells.append(f"{med['gatehouse'] / med['direct']:.2f}x")
+    if 'pgbouncer' in targets:
+        cells.append(f"{med['gatehouse'] / med['pgbouncer']:.2f}x")
+    cells.append(f"{mlat['gatehouse'] - mlat['direct']:+.3f}")
+    cells.append(f"{statistics.median(cpu[k]):.0f}" if cpu.get(k) else "-")
+    print("| " + " | ".join(cells) + " |")
+EOF
