@@ -26,7 +26,20 @@ pub struct Config {
     pub source: Option<PathBuf>,
     pub server: ServerConfig,
     pub store: StoreConfig,
+    pub policy: PolicyConfig,
     pub connections: Vec<ConnectionConfig>,
+}
+
+/// `[policy]`: the Cedar policy files.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyConfig {
+    /// Glob patterns such as `policies/*.cedar`, relative to `base`. Empty: only members of
+    /// group `admin` may do anything (fail closed).
+    pub files: Vec<String>,
+    /// The directory relative patterns are resolved against (the config file's).
+    pub base: PathBuf,
+    /// How often policy files are checked for changes.
+    pub reload_interval: Duration,
 }
 
 /// `[server]`: where the gateway listens and keeps its state.
@@ -182,6 +195,14 @@ impl Config {
                 });
             }
         }
+        if self.policy.files.is_empty() {
+            warnings.push(ConfigProblem {
+                path: "policy.files".into(),
+                message:
+                    "no policy files: only members of group \"admin\" may connect or run anything"
+                        .into(),
+            });
+        }
         if self.server.allow_plaintext {
             warnings.push(ConfigProblem {
                 path: "server.allow_plaintext".into(),
@@ -217,7 +238,18 @@ struct RawConfig {
     #[serde(default)]
     store: RawStore,
     #[serde(default)]
+    policy: RawPolicy,
+    #[serde(default)]
     connections: Vec<RawConnection>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    files: Vec<String>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    reload_interval: Option<Duration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -401,6 +433,14 @@ impl RawConfig {
                 max_message_bytes,
             },
             store: StoreConfig { url: store_url },
+            policy: PolicyConfig {
+                files: self.policy.files,
+                base: base.to_path_buf(),
+                reload_interval: self
+                    .policy
+                    .reload_interval
+                    .unwrap_or(Duration::from_secs(2)),
+            },
             connections,
         })
     }
@@ -434,6 +474,9 @@ mod tests {
     fn a_full_connection_parses() {
         let c = parse(
             r#"
+            [policy]
+            files = ["policies/*.cedar"]
+
             [[connections]]
             name = "appdb"
             kind = "postgres"

@@ -1,6 +1,7 @@
 //! The protocol-independent core of Gatehouse.
 //!
 //! - [`config`]: the TOML config and its validation; [`secret`]: secrets by reference.
+//! - [`classify`]: what a command does, in protocol-independent terms.
 //! - [`identity`] and [`auth`]: who is acting, from which token; [`tokens`]: the token format.
 //! - [`pipeline`]: the seam every protocol adapter feeds (authorize, record, and later approve
 //!   and mask).
@@ -8,6 +9,7 @@
 //! - [`tls`]: client-facing TLS material.
 
 pub mod auth;
+pub mod classify;
 pub mod config;
 pub mod fsutil;
 pub mod identity;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::auth::{AuthError, Authenticator};
+use crate::classify::Classification;
 use crate::config::{Config, ConnectionConfig};
 use crate::identity::Identity;
 use crate::recorder::{RecordError, Recorder};
@@ -20,17 +21,36 @@ use crate::time::{Micros, now_micros};
 /// The most bytes of statement parameters recorded per command; the rest is cut with a marker.
 pub const MAX_RECORDED_PARAM_BYTES: usize = 4096;
 
-/// Decides whether a command may run. The policy engine implements this; until one is
-/// configured, [`AllowAll`] keeps the walking skeleton usable.
+/// Decides whether a session may open and whether each command may run. The policy engine
+/// implements this.
 pub trait Authorizer: Send + Sync {
     fn authorize(&self, session: &SessionHandle, command: &CommandStart) -> Verdict;
+
+    /// May `identity` open a session on `connection`?
+    fn authorize_connect(
+        &self,
+        identity: &Identity,
+        connection: &ConnectionConfig,
+        client: SocketAddr,
+        protocol: &str,
+    ) -> Verdict;
 }
 
-/// Allows every command. A stand-in until statement-level policy lands.
+/// Allows everything. For tests of the relay alone; a gateway always runs a policy engine.
 pub struct AllowAll;
 
 impl Authorizer for AllowAll {
     fn authorize(&self, _: &SessionHandle, _: &CommandStart) -> Verdict {
+        Verdict::Allow
+    }
+
+    fn authorize_connect(
+        &self,
+        _: &Identity,
+        _: &ConnectionConfig,
+        _: SocketAddr,
+        _: &str,
+    ) -> Verdict {
         Verdict::Allow
     }
 }
@@ -40,6 +60,19 @@ impl Authorizer for AllowAll {
 pub enum Verdict {
     Allow,
     Deny(Denial),
+    /// Allowed only with a human approval.
+    Review(ReviewNeeded),
+}
+
+/// What an approval of a held command needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewNeeded {
+    /// The policy that would allow the command once approved.
+    pub policy: String,
+    /// Groups whose members may approve.
+    pub approvers: Vec<String>,
+    /// How many distinct approvals are needed.
+    pub approvals: u32,
 }
 
 /// Why a command was refused, in words the client is shown.
@@ -57,6 +90,9 @@ pub struct CommandStart {
     pub text: Arc<str>,
     /// Parameter values as text (binary values hex-encoded), already size-capped.
     pub params: Option<Vec<Option<String>>>,
+    /// What the command does, from the adapter's parser. `None` means the adapter could not
+    /// tell, and policy denies it.
+    pub classification: Option<Arc<Classification>>,
 }
 
 /// A command that was forwarded and is waiting for its result.
@@ -95,11 +131,16 @@ pub struct SessionStart {
 }
 
 impl Pipeline {
-    pub fn new(config: Arc<Config>, store: Store, recorder: Recorder) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        recorder: Recorder,
+        authorizer: Arc<dyn Authorizer>,
+    ) -> Self {
         Pipeline {
             config,
             authenticator: Authenticator::new(store),
-            authorizer: Arc::new(AllowAll),
+            authorizer,
             recorder,
         }
     }
@@ -116,6 +157,18 @@ impl Pipeline {
     /// The named connection, if it exists. Callers must not reveal other names.
     pub fn connection(&self, name: &str) -> Option<Arc<ConnectionConfig>> {
         self.config.connection(name).cloned().map(Arc::new)
+    }
+
+    /// May `identity` open a session on `connection` from `client`?
+    pub fn authorize_connect(
+        &self,
+        identity: &Identity,
+        connection: &ConnectionConfig,
+        client: SocketAddr,
+        protocol: &str,
+    ) -> Verdict {
+        self.authorizer
+            .authorize_connect(identity, connection, client, protocol)
     }
 
     /// Opens and records a session; every later command of the session goes through the
@@ -143,6 +196,8 @@ impl Pipeline {
             .await?;
         Ok(SessionHandle {
             id,
+            protocol: start.protocol,
+            client_addr: start.client_addr,
             identity: Arc::new(start.identity),
             connection: start.connection,
             authorizer: self.authorizer.clone(),
@@ -155,6 +210,8 @@ impl Pipeline {
 #[derive(Clone)]
 pub struct SessionHandle {
     id: Arc<str>,
+    protocol: &'static str,
+    client_addr: SocketAddr,
     identity: Arc<Identity>,
     connection: Arc<ConnectionConfig>,
     authorizer: Arc<dyn Authorizer>,
@@ -164,6 +221,14 @@ pub struct SessionHandle {
 impl SessionHandle {
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    pub fn protocol(&self) -> &'static str {
+        self.protocol
+    }
+
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
     }
 
     pub fn identity(&self) -> &Identity {

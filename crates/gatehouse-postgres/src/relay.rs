@@ -16,8 +16,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use gatehouse_core::classify::Classification;
 use gatehouse_core::pipeline::{
-    CommandStart, Completion, Denial, InFlight, SessionHandle, Verdict, cap_params,
+    CommandStart, Completion, Denial, InFlight, ReviewNeeded, SessionHandle, Verdict, cap_params,
 };
 use gatehouse_core::store::Outcome;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -143,9 +144,16 @@ impl FramePolicy for ClientPolicy {
     }
 }
 
-/// A portal as bound: the statement text it runs and its parameters, for the record.
-struct Portal {
+/// A statement as parsed: its text and what it does (classified once, at Parse).
+#[derive(Clone)]
+struct Prepared {
     text: Arc<str>,
+    classification: Arc<Classification>,
+}
+
+/// A portal as bound: the statement it runs and its parameters, for the record.
+struct Portal {
+    statement: Prepared,
     params: Vec<Option<String>>,
 }
 
@@ -155,7 +163,7 @@ struct ClientToServer<R, W> {
     out: BytesMut,
     expect: mpsc::UnboundedSender<Expect>,
     session: SessionHandle,
-    statements: HashMap<String, Arc<str>>,
+    statements: HashMap<String, Prepared>,
     portals: HashMap<String, Portal>,
     seq: i64,
     poison: Arc<str>,
@@ -209,11 +217,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                 let text = match wire::parse_query(body) {
                     Ok(t) => t,
                     Err(WireError::NotUtf8(what)) => {
-                        let start = CommandStart {
-                            text: String::from_utf8_lossy(&body[..body.len().saturating_sub(1)])
-                                .into(),
-                            params: None,
-                        };
+                        let start = unclassified(
+                            String::from_utf8_lossy(&body[..body.len().saturating_sub(1)]).into(),
+                        );
                         self.refuse(start, not_utf8(what), true);
                         return Ok(());
                     }
@@ -222,6 +228,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                 let start = CommandStart {
                     text: text.into(),
                     params: None,
+                    classification: Some(Arc::new(gatehouse_pgsql::classify(text))),
                 };
                 match self.session.authorize(&start) {
                     Verdict::Allow => {
@@ -230,25 +237,57 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                         self.out.extend_from_slice(&frame);
                     }
                     Verdict::Deny(denial) => self.refuse(start, denied(&denial), true),
+                    Verdict::Review(review) => self.refuse(start, needs_review(&review), true),
                 }
             }
             b'P' => match wire::parse_parse(body) {
                 Ok((name, query)) => {
-                    self.statements.insert(name.to_string(), query.into());
-                    self.out.extend_from_slice(&frame);
+                    // Classified once here; enforced at every Execute of this statement.
+                    let classification = Arc::new(gatehouse_pgsql::classify(query));
+                    let prepared = Prepared {
+                        text: query.into(),
+                        classification: classification.clone(),
+                    };
+                    let refusal = match &*classification {
+                        Classification::Refused { reason } => Some(GatewayError::error(
+                            "42501",
+                            format!("Gatehouse refused this statement: {reason}"),
+                        )),
+                        Classification::Statements { statements } if statements.len() > 1 => {
+                            Some(GatewayError::error(
+                                "42601",
+                                "cannot insert multiple commands into a prepared statement",
+                            ))
+                        }
+                        Classification::Statements { .. } => None,
+                    };
+                    // A statement the gateway refuses never reaches the server; any previous
+                    // statement of that name is gone, as the server would have replaced it.
+                    self.statements.remove(name);
+                    match refusal {
+                        Some(error) => {
+                            let start = CommandStart {
+                                text: prepared.text,
+                                params: None,
+                                classification: Some(classification),
+                            };
+                            self.refuse(start, error, false);
+                        }
+                        None => {
+                            self.statements.insert(name.to_string(), prepared);
+                            self.out.extend_from_slice(&frame);
+                        }
+                    }
                 }
                 Err(WireError::NotUtf8(what)) => {
-                    let start = CommandStart {
-                        text: "<Parse with invalid UTF-8>".into(),
-                        params: None,
-                    };
+                    let start = unclassified("<Parse with invalid UTF-8>".into());
                     self.refuse(start, not_utf8(what), false);
                 }
                 Err(e) => return Err(self.fatal(e)),
             },
             b'B' => match wire::parse_bind(body) {
                 Ok(bind) => {
-                    if let Some(text) = self.statements.get(bind.statement) {
+                    if let Some(statement) = self.statements.get(bind.statement) {
                         let params = cap_params(bind.params.iter().enumerate().map(|(i, v)| {
                             v.map(|bytes| {
                                 if bind.is_binary(i) {
@@ -261,7 +300,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                         self.portals.insert(
                             bind.portal.to_string(),
                             Portal {
-                                text: text.clone(),
+                                statement: statement.clone(),
                                 params,
                             },
                         );
@@ -272,10 +311,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                     self.out.extend_from_slice(&frame);
                 }
                 Err(WireError::NotUtf8(what)) => {
-                    let start = CommandStart {
-                        text: "<Bind with invalid UTF-8 names>".into(),
-                        params: None,
-                    };
+                    let start = unclassified("<Bind with invalid UTF-8 names>".into());
                     self.refuse(start, not_utf8(what), false);
                 }
                 Err(e) => return Err(self.fatal(e)),
@@ -287,13 +323,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                 };
                 let start = match self.portals.get(portal) {
                     Some(p) => CommandStart {
-                        text: p.text.clone(),
+                        text: p.statement.text.clone(),
                         params: Some(p.params.clone()),
+                        classification: Some(p.statement.classification.clone()),
                     },
-                    None => CommandStart {
-                        text: format!("-- Execute of unknown portal \"{portal}\"").into(),
-                        params: None,
-                    },
+                    None => {
+                        unclassified(format!("-- Execute of unknown portal \"{portal}\"").into())
+                    }
                 };
                 match self.session.authorize(&start) {
                     Verdict::Allow => {
@@ -302,6 +338,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                         self.out.extend_from_slice(&frame);
                     }
                     Verdict::Deny(denial) => self.refuse(start, denied(&denial), false),
+                    Verdict::Review(review) => self.refuse(start, needs_review(&review), false),
                 }
             }
             b'C' => {
@@ -322,10 +359,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
             }
             b'D' | b'H' | b'c' | b'f' => self.out.extend_from_slice(&frame),
             b'F' => {
-                let start = CommandStart {
-                    text: "<FunctionCall message>".into(),
-                    params: None,
-                };
+                let start = unclassified("<FunctionCall message>".into());
                 let error = GatewayError::error(
                     "42501",
                     "Gatehouse does not allow the FunctionCall protocol message",
@@ -380,6 +414,31 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
         });
         EndReason::ProtocolViolation(reason)
     }
+}
+
+/// A command the gateway could not classify; policy denies it.
+fn unclassified(text: Arc<str>) -> CommandStart {
+    CommandStart {
+        text,
+        params: None,
+        classification: None,
+    }
+}
+
+fn needs_review(review: &ReviewNeeded) -> GatewayError {
+    let approvers = if review.approvers.is_empty() {
+        "an approver".to_string()
+    } else {
+        format!("a member of {}", review.approvers.join(" or "))
+    };
+    GatewayError::error(
+        "42501",
+        format!(
+            "this statement needs {} approval(s) from {approvers} (policy {}), and this version of Gatehouse cannot hold statements for approval yet",
+            review.approvals, review.policy
+        ),
+    )
+    .with_hint("run it through a connection or identity whose policy allows it without approval")
 }
 
 fn denied(denial: &Denial) -> GatewayError {

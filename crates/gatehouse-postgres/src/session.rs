@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use gatehouse_core::identity::Identity;
-use gatehouse_core::pipeline::SessionStart;
+use gatehouse_core::pipeline::{SessionStart, Verdict};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::Instrument;
@@ -304,6 +304,36 @@ async fn start_session(
         );
         return Err(tell(&mut stream, e).await);
     };
+
+    match ctx
+        .pipeline
+        .authorize_connect(&identity, &connection, addr, "postgres")
+    {
+        Verdict::Allow => {}
+        Verdict::Deny(d) => {
+            let e = GatewayError::fatal(
+                "42501",
+                format!(
+                    "Gatehouse denied {} access to connection \"{}\": {} (policy {})",
+                    identity.principal(),
+                    connection.name,
+                    d.reason,
+                    d.policy
+                ),
+            );
+            return Err(tell(&mut stream, e).await);
+        }
+        Verdict::Review(r) => {
+            let e = GatewayError::fatal(
+                "42501",
+                format!(
+                    "connecting to \"{}\" needs approval (policy {}), which this version of Gatehouse cannot hold yet",
+                    connection.name, r.policy
+                ),
+            );
+            return Err(tell(&mut stream, e).await);
+        }
+    }
 
     let timeout = ctx.pipeline.config().server.upstream_connect_timeout;
     let upstream = match upstream::connect(connection.clone(), &relayed, timeout).await {

@@ -32,6 +32,34 @@ pub enum Command {
     Connections(ConnectionsCommand),
     /// Show the identity and groups the gateway sees for the current token.
     Whoami(ApiArgs),
+    /// Cedar policies: validate them, or explain a decision.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Validate the configured policy files against the Gatehouse schema.
+    Check(ConfigArg),
+    /// Classify a statement and show the decision and the policies that made it.
+    Explain {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// A service-account name, or group:NAME for any member of a group.
+        #[arg(long = "as")]
+        as_whom: String,
+        /// A group the principal belongs to (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// The connection the statement would run on.
+        #[arg(long)]
+        connection: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// The SQL to explain.
+        sql: String,
+    },
 }
 
 #[derive(Args)]

@@ -8,7 +8,8 @@ use gatehouse_core::config::{Config, ConfigError};
 use serde_json::{Value, json};
 
 use crate::cli::{
-    ApiArgs, Cli, Command, ConfigArg, ConnectionsCommand, Format, SessionsCommand, TokenCommand,
+    ApiArgs, Cli, Command, ConfigArg, ConnectionsCommand, Format, PolicyCommand, SessionsCommand,
+    TokenCommand,
 };
 use crate::client::{ApiClient, segment};
 use crate::table;
@@ -29,6 +30,22 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sessions(cmd) => sessions(cmd),
         Command::Connections(ConnectionsCommand::List(api)) => connections(&api),
         Command::Whoami(api) => whoami(&api),
+        Command::Policy(PolicyCommand::Check(arg)) => crate::policy::check(&load_config(&arg)?),
+        Command::Policy(PolicyCommand::Explain {
+            config,
+            as_whom,
+            groups,
+            connection,
+            format,
+            sql,
+        }) => crate::policy::explain(
+            &load_config(&config)?,
+            &as_whom,
+            &groups,
+            &connection,
+            &sql,
+            format,
+        ),
     }
 }
 
@@ -88,6 +105,10 @@ fn check(arg: &ConfigArg) -> anyhow::Result<ExitCode> {
     }
     for w in config.warnings() {
         eprintln!("warning: {w}");
+    }
+    if let Err(e) = crate::policy::load(&config) {
+        eprintln!("error: {e:#}");
+        failed = true;
     }
     if failed {
         return Ok(ExitCode::FAILURE);

@@ -38,8 +38,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .context("cannot set up TLS")?;
 
+    let policies = crate::policy::load(&config)?;
+    if policies.source == gatehouse_policy::PolicySource::Default {
+        tracing::warn!(
+            "no policy files configured: only members of group \"admin\" may connect or run anything"
+        );
+    }
+    let engine = Arc::new(gatehouse_policy::PolicyEngine::new(policies));
+    tokio::spawn(crate::policy::watch(config.clone(), engine.clone()));
+    let authorizer = Arc::new(gatehouse_policy::PolicyAuthorizer { engine });
+
     let (recorder, _writer) = Recorder::start(store.clone());
-    let pipeline = Arc::new(Pipeline::new(config.clone(), store.clone(), recorder));
+    let pipeline = Arc::new(Pipeline::new(
+        config.clone(),
+        store.clone(),
+        recorder,
+        authorizer,
+    ));
 
     let pg_listener = TcpListener::bind(config.server.postgres_listen)
         .await

@@ -280,11 +280,18 @@ fn tls_material() -> (String, String, String) {
     (ca.pem(), cert.pem(), key.serialize_pem())
 }
 
+/// A policy that allows everything, for tests about something else.
+pub const ALLOW_ALL: &str = "@id(\"test.allow-all\")\npermit(principal, action, resource);\n";
+
 /// Extra config for one gateway: appended to the generated file.
 #[derive(Default)]
 pub struct GatewayOptions {
     pub server_extra: String,
     pub connections_extra: String,
+    /// Policy files (name, text) in `policies/`. Empty: one allow-all policy.
+    pub policies: Vec<(String, String)>,
+    /// Configure no policy files at all (the built-in administrators-only policy).
+    pub no_policy: bool,
 }
 
 /// A running `gatehouse serve`, stopped when dropped.
@@ -306,6 +313,20 @@ impl Gateway {
         let dir = tempfile::tempdir().unwrap();
         let pg_port = free_port();
         let api_port = free_port();
+        std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+        let policies = if options.policies.is_empty() {
+            vec![("allow-all.cedar".to_string(), ALLOW_ALL.to_string())]
+        } else {
+            options.policies.clone()
+        };
+        for (name, text) in &policies {
+            std::fs::write(dir.path().join("policies").join(name), text).unwrap();
+        }
+        let policy_section = if options.no_policy {
+            String::new()
+        } else {
+            "[policy]\nfiles = [\"policies/*.cedar\"]\nreload_interval = \"200ms\"\n".to_string()
+        };
         let config = format!(
             r#"
 [server]
@@ -313,6 +334,8 @@ data_dir = "data"
 api_listen = "127.0.0.1:{api_port}"
 postgres_listen = "127.0.0.1:{pg_port}"
 {server_extra}
+
+{policy_section}
 
 [[connections]]
 name = "appdb"
@@ -323,6 +346,16 @@ database = "appdb"
 user = "app"
 password = "env:GH_TEST_APPDB_PASSWORD"
 tags = {{ env = "test" }}
+
+[[connections]]
+name = "proddb"
+kind = "postgres"
+host = "127.0.0.1"
+port = {port}
+database = "appdb"
+user = "app"
+password = "env:GH_TEST_APPDB_PASSWORD"
+tags = {{ env = "prod" }}
 
 [[connections]]
 name = "appdb-md5"

@@ -1,0 +1,118 @@
+//! Turns Gatehouse's identity, connection and command into Cedar entities and context.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cedar_policy::{
+    Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression,
+};
+use gatehouse_core::classify::Statement;
+use gatehouse_core::config::ConnectionConfig;
+use gatehouse_core::identity::Identity;
+
+use crate::RequestFacts;
+
+fn uid(type_name: &str, id: &str) -> EntityUid {
+    // The type names are constants of the shipped schema, so parsing cannot fail.
+    let t = EntityTypeName::from_str(type_name).unwrap_or_else(|_| unreachable!("valid type name"));
+    EntityUid::from_type_name_and_id(t, EntityId::new(id))
+}
+
+pub fn principal_uid(identity: &Identity) -> EntityUid {
+    uid("Gatehouse::Principal", &identity.principal())
+}
+
+pub fn group_uid(group: &str) -> EntityUid {
+    uid("Gatehouse::Group", group)
+}
+
+pub fn connection_uid(connection: &ConnectionConfig) -> EntityUid {
+    uid("Gatehouse::Connection", &connection.name)
+}
+
+pub fn action_uid(action: &str) -> EntityUid {
+    uid("Gatehouse::Action", action)
+}
+
+fn string(s: &str) -> RestrictedExpression {
+    RestrictedExpression::new_string(s.to_string())
+}
+
+/// The principal (with its groups as parents), its groups, and the connection with its tags.
+pub fn build(identity: &Identity, connection: &ConnectionConfig) -> Entities {
+    let groups: HashSet<EntityUid> = identity.groups.iter().map(|g| group_uid(g)).collect();
+    let principal = Entity::new(
+        principal_uid(identity),
+        HashMap::from([
+            ("kind".to_string(), string(identity.kind.as_str())),
+            ("issuer".to_string(), string(&identity.issuer)),
+            ("subject".to_string(), string(&identity.subject)),
+        ]),
+        groups.clone(),
+    );
+    let conn = Entity::new_with_tags(
+        connection_uid(connection),
+        HashMap::from([
+            ("kind".to_string(), string("postgres")),
+            ("name".to_string(), string(&connection.name)),
+        ]),
+        HashSet::new(),
+        connection.tags.iter().map(|(k, v)| (k.clone(), string(v))),
+    );
+    let mut all: Vec<Entity> = groups.into_iter().map(Entity::with_uid).collect();
+    all.extend(principal.ok());
+    all.extend(conn.ok());
+    Entities::from_entities(all, None).unwrap_or_else(|_| Entities::empty())
+}
+
+fn common(facts: &RequestFacts<'_>) -> Vec<(String, RestrictedExpression)> {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = secs / 86_400;
+    vec![
+        ("protocol".into(), string(facts.protocol)),
+        (
+            "client_ip".into(),
+            RestrictedExpression::new_ip(facts.client_ip.to_string()),
+        ),
+        (
+            "hour_utc".into(),
+            RestrictedExpression::new_long(((secs % 86_400) / 3600) as i64),
+        ),
+        // 1970-01-01 was a Thursday (4).
+        (
+            "weekday_utc".into(),
+            RestrictedExpression::new_long(((days + 3) % 7 + 1) as i64),
+        ),
+        (
+            "grants".into(),
+            RestrictedExpression::new_set(facts.grants.iter().map(|g| string(g))),
+        ),
+    ]
+}
+
+pub fn session_context(facts: &RequestFacts<'_>) -> Context {
+    Context::from_pairs(common(facts)).unwrap_or_else(|_| Context::empty())
+}
+
+pub fn statement_context(
+    facts: &RequestFacts<'_>,
+    statement: &Statement,
+    approved: bool,
+) -> Context {
+    let mut pairs = common(facts);
+    pairs.push(("command".into(), string(&statement.command)));
+    pairs.push((
+        "relations".into(),
+        RestrictedExpression::new_set(statement.relations.iter().map(|r| string(r))),
+    ));
+    pairs.push((
+        "functions".into(),
+        RestrictedExpression::new_set(statement.functions.iter().map(|f| string(f))),
+    ));
+    pairs.push(("approved".into(), RestrictedExpression::new_bool(approved)));
+    Context::from_pairs(pairs).unwrap_or_else(|_| Context::empty())
+}

@@ -1,0 +1,326 @@
+//! Gatehouse's policy engine: Cedar policies decide, for every command, allow, deny or review.
+//!
+//! - Policies are `*.cedar` files validated against the schema this crate ships
+//!   ([`SCHEMA`]). An invalid file never replaces a valid policy set.
+//! - Each statement maps to one action (`read`, `write`, `ddl`, `admin`, `session`,
+//!   `transaction`, `exec`); opening a session is `connect`.
+//! - **Review** is expressed in Cedar itself: when a request is denied as it stands but would be
+//!   allowed with `context.approved == true`, it needs a human approval. The permit policies
+//!   that would allow it name the approvers with `@approvers("group1,group2")` and the number
+//!   of approvals with `@approvals("2")`.
+//! - With no policy file configured, only members of group `admin` may do anything: the
+//!   gateway fails closed.
+
+mod entities;
+pub mod load;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use cedar_policy::{Authorizer as CedarAuthorizer, Decision, PolicyId, PolicySet, Request, Schema};
+use gatehouse_core::classify::{Classification, Statement};
+use gatehouse_core::config::ConnectionConfig;
+use gatehouse_core::identity::Identity;
+use gatehouse_core::pipeline::{
+    Authorizer, CommandStart, Denial, ReviewNeeded, SessionHandle, Verdict,
+};
+
+pub use load::{LoadError, PolicySource};
+
+/// The Cedar schema every policy is validated against.
+pub const SCHEMA: &str = include_str!("gatehouse.cedarschema");
+
+/// The policy used when none is configured: administrators only.
+pub const DEFAULT_POLICY: &str = "@id(\"gatehouse.default-admin-only\")\npermit(principal in Gatehouse::Group::\"admin\", action, resource);\n";
+
+/// The id given to a denial that no forbid policy decided: nothing permitted it.
+pub const NO_PERMIT: &str = "gatehouse.no-permit";
+
+/// A loaded, validated policy set.
+pub struct Policies {
+    pub set: PolicySet,
+    pub schema: Arc<Schema>,
+    /// Where the policies came from, for messages.
+    pub source: PolicySource,
+}
+
+/// The outcome of one evaluation, with the policies that determined it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evaluation {
+    pub verdict: Verdict,
+    /// The action evaluated last (the one that decided a multi-statement command).
+    pub action: String,
+    pub policies: Vec<String>,
+}
+
+/// The policy engine; cheap to share, and reloadable while the gateway runs.
+pub struct PolicyEngine {
+    current: ArcSwap<Policies>,
+    authorizer: CedarAuthorizer,
+}
+
+/// Everything a decision needs besides the policies.
+pub struct RequestFacts<'a> {
+    pub identity: &'a Identity,
+    pub connection: &'a ConnectionConfig,
+    pub client_ip: IpAddr,
+    pub protocol: &'a str,
+    pub grants: &'a [String],
+}
+
+impl PolicyEngine {
+    pub fn new(policies: Policies) -> Self {
+        PolicyEngine {
+            current: ArcSwap::from_pointee(policies),
+            authorizer: CedarAuthorizer::new(),
+        }
+    }
+
+    /// Replaces the policies (already validated).
+    pub fn replace(&self, policies: Policies) {
+        self.current.store(Arc::new(policies));
+    }
+
+    pub fn current(&self) -> Arc<Policies> {
+        self.current.load_full()
+    }
+
+    /// May this principal open a session on this connection?
+    pub fn decide_connect(&self, facts: &RequestFacts<'_>) -> Evaluation {
+        let policies = self.current.load();
+        let entities = entities::build(facts.identity, facts.connection);
+        let context = entities::session_context(facts);
+        self.decide_one(&policies, &entities, facts, "connect", context, None)
+    }
+
+    /// Decides a classified command: every statement must be allowed; any denial denies the
+    /// whole command, and any review makes it a review.
+    pub fn decide(&self, facts: &RequestFacts<'_>, classification: &Classification) -> Evaluation {
+        let statements = match classification {
+            Classification::Refused { reason } => {
+                return Evaluation {
+                    verdict: Verdict::Deny(Denial {
+                        policy: "gatehouse.classifier".into(),
+                        reason: reason.clone(),
+                    }),
+                    action: "unknown".into(),
+                    policies: vec!["gatehouse.classifier".into()],
+                };
+            }
+            Classification::Statements { statements } => statements,
+        };
+        let policies = self.current.load();
+        let entities = entities::build(facts.identity, facts.connection);
+        let mut review: Option<Evaluation> = None;
+        let mut last = Evaluation {
+            verdict: Verdict::Allow,
+            action: "read".into(),
+            policies: Vec::new(),
+        };
+        for statement in statements {
+            let action = statement.kind.action();
+            let e = self.decide_one(
+                &policies,
+                &entities,
+                facts,
+                action,
+                entities::statement_context(facts, statement, false),
+                Some(statement),
+            );
+            match &e.verdict {
+                Verdict::Deny(_) => return e,
+                Verdict::Review(_) => {
+                    if review.is_none() {
+                        review = Some(e);
+                    }
+                }
+                Verdict::Allow => last = e,
+            }
+        }
+        review.unwrap_or(last)
+    }
+
+    fn decide_one(
+        &self,
+        policies: &Policies,
+        entities: &cedar_policy::Entities,
+        facts: &RequestFacts<'_>,
+        action: &str,
+        context: cedar_policy::Context,
+        statement: Option<&Statement>,
+    ) -> Evaluation {
+        let principal = entities::principal_uid(facts.identity);
+        let resource = entities::connection_uid(facts.connection);
+        let action_uid = entities::action_uid(action);
+        let evaluate = |context: cedar_policy::Context| {
+            Request::new(
+                principal.clone(),
+                action_uid.clone(),
+                resource.clone(),
+                context,
+                None,
+            )
+            .map(|request| {
+                self.authorizer
+                    .is_authorized(&request, &policies.set, entities)
+            })
+            .map_err(|e| e.to_string())
+        };
+        let response = match evaluate(context) {
+            Ok(r) => r,
+            Err(e) => return internal_denial(action, &e),
+        };
+        let reasons = policy_names(&policies.set, response.diagnostics().reason());
+        if response.diagnostics().errors().next().is_some() {
+            tracing::warn!(action, errors = ?response.diagnostics().errors().map(|e| e.to_string()).collect::<Vec<_>>(), "policy evaluation errors");
+        }
+        if response.decision() == Decision::Allow {
+            return Evaluation {
+                verdict: Verdict::Allow,
+                action: action.into(),
+                policies: reasons,
+            };
+        }
+        // Denied as it stands. Would an approval change that?
+        if let Some(statement) = statement {
+            let approved = entities::statement_context(facts, statement, true);
+            if let Ok(r) = evaluate(approved)
+                && r.decision() == Decision::Allow
+            {
+                let permitting: Vec<PolicyId> = r.diagnostics().reason().cloned().collect();
+                return Evaluation {
+                    verdict: Verdict::Review(review_of(&policies.set, &permitting)),
+                    action: action.into(),
+                    policies: policy_names(&policies.set, permitting.iter()),
+                };
+            }
+        }
+        let (policy, reason) = match reasons.first() {
+            Some(p) => (p.clone(), format!("{action} is forbidden by policy {p}")),
+            None => (
+                NO_PERMIT.to_string(),
+                format!(
+                    "no policy permits {action} on connection \"{}\" for {}",
+                    facts.connection.name,
+                    facts.identity.principal()
+                ),
+            ),
+        };
+        Evaluation {
+            verdict: Verdict::Deny(Denial {
+                policy: policy.clone(),
+                reason,
+            }),
+            action: action.into(),
+            policies: if reasons.is_empty() {
+                vec![policy]
+            } else {
+                reasons
+            },
+        }
+    }
+}
+
+fn internal_denial(action: &str, error: &str) -> Evaluation {
+    tracing::error!(action, error, "policy request could not be built");
+    Evaluation {
+        verdict: Verdict::Deny(Denial {
+            policy: "gatehouse.policy-error".into(),
+            reason: "the policy engine could not evaluate this request".into(),
+        }),
+        action: action.into(),
+        policies: vec!["gatehouse.policy-error".into()],
+    }
+}
+
+/// Policy ids as people wrote them (`@id("...")`), falling back to Cedar's own.
+fn policy_names<'a>(set: &PolicySet, ids: impl Iterator<Item = &'a PolicyId>) -> Vec<String> {
+    let mut names: Vec<String> = ids
+        .map(|id| {
+            set.policy(id)
+                .and_then(|p| p.annotation("id").map(str::to_string))
+                .unwrap_or_else(|| id.to_string())
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Approvers and approvals from the annotations of the policies that would permit.
+fn review_of(set: &PolicySet, permitting: &[PolicyId]) -> ReviewNeeded {
+    let mut approvers = Vec::new();
+    let mut approvals = 1u32;
+    let mut policy = String::new();
+    for id in permitting {
+        let Some(p) = set.policy(id) else { continue };
+        if policy.is_empty() {
+            policy = p
+                .annotation("id")
+                .map(str::to_string)
+                .unwrap_or_else(|| id.to_string());
+        }
+        if let Some(groups) = p.annotation("approvers") {
+            approvers.extend(
+                groups
+                    .split(',')
+                    .map(|g| g.trim().to_string())
+                    .filter(|g| !g.is_empty()),
+            );
+        }
+        if let Some(n) = p
+            .annotation("approvals")
+            .and_then(|n| n.trim().parse::<u32>().ok())
+        {
+            approvals = approvals.max(n);
+        }
+    }
+    approvers.sort();
+    approvers.dedup();
+    ReviewNeeded {
+        policy,
+        approvers,
+        approvals,
+    }
+}
+
+/// Adapts the engine to the pipeline's [`Authorizer`] seam.
+pub struct PolicyAuthorizer {
+    pub engine: Arc<PolicyEngine>,
+}
+
+impl Authorizer for PolicyAuthorizer {
+    fn authorize(&self, session: &SessionHandle, command: &CommandStart) -> Verdict {
+        let Some(classification) = &command.classification else {
+            return Verdict::Deny(Denial {
+                policy: "gatehouse.classifier".into(),
+                reason: "the command was not classified".into(),
+            });
+        };
+        let facts = RequestFacts {
+            identity: session.identity(),
+            connection: session.connection(),
+            client_ip: session.client_addr().ip(),
+            protocol: session.protocol(),
+            grants: &[],
+        };
+        self.engine.decide(&facts, classification).verdict
+    }
+
+    fn authorize_connect(
+        &self,
+        identity: &Identity,
+        connection: &ConnectionConfig,
+        client: std::net::SocketAddr,
+        protocol: &str,
+    ) -> Verdict {
+        let facts = RequestFacts {
+            identity,
+            connection,
+            client_ip: client.ip(),
+            protocol,
+            grants: &[],
+        };
+        self.engine.decide_connect(&facts).verdict
+    }
+}
