@@ -24,7 +24,7 @@ pub const MAX_RECORDED_PARAM_BYTES: usize = 4096;
 /// Decides whether a session may open and whether each command may run. The policy engine
 /// implements this.
 pub trait Authorizer: Send + Sync {
-    fn authorize(&self, session: &SessionHandle, command: &CommandStart) -> Verdict;
+    fn authorize(&self, session: &SessionHandle, command: &CommandStart) -> Decision;
 
     /// May `identity` open a session on `connection`?
     fn authorize_connect(
@@ -40,8 +40,8 @@ pub trait Authorizer: Send + Sync {
 pub struct AllowAll;
 
 impl Authorizer for AllowAll {
-    fn authorize(&self, _: &SessionHandle, _: &CommandStart) -> Verdict {
-        Verdict::Allow
+    fn authorize(&self, _: &SessionHandle, _: &CommandStart) -> Decision {
+        Decision::allow(Vec::new())
     }
 
     fn authorize_connect(
@@ -52,6 +52,41 @@ impl Authorizer for AllowAll {
         _: &str,
     ) -> Verdict {
         Verdict::Allow
+    }
+}
+
+/// A verdict and the policies that determined it, as recorded with the command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub policies: Vec<String>,
+}
+
+impl Decision {
+    pub fn allow(policies: Vec<String>) -> Self {
+        Decision {
+            verdict: Verdict::Allow,
+            policies,
+        }
+    }
+
+    pub fn deny(policy: &str, reason: impl Into<String>) -> Self {
+        Decision {
+            verdict: Verdict::Deny(Denial {
+                policy: policy.to_string(),
+                reason: reason.into(),
+            }),
+            policies: vec![policy.to_string()],
+        }
+    }
+
+    /// `allow`, `deny` or `review`.
+    pub fn name(&self) -> &'static str {
+        match self.verdict {
+            Verdict::Allow => "allow",
+            Verdict::Deny(_) => "deny",
+            Verdict::Review(_) => "review",
+        }
     }
 }
 
@@ -102,6 +137,7 @@ pub struct InFlight {
     started_at: Micros,
     started: Instant,
     command: CommandStart,
+    decision: Decision,
 }
 
 /// How the target answered a command.
@@ -240,24 +276,22 @@ impl SessionHandle {
     }
 
     /// Step 2: may this command run? Called before anything is forwarded.
-    pub fn authorize(&self, command: &CommandStart) -> Verdict {
+    pub fn authorize(&self, command: &CommandStart) -> Decision {
         if !self.recorder.is_healthy() {
-            return Verdict::Deny(Denial {
-                policy: "gatehouse.recording".into(),
-                reason: RecordError.to_string(),
-            });
+            return Decision::deny("gatehouse.recording", RecordError.to_string());
         }
         self.authorizer.authorize(self, command)
     }
 
     /// Marks a command as forwarded, starting its clock. `seq` numbers commands within the
     /// session in the order the client sent them.
-    pub fn begin(&self, seq: i64, command: CommandStart) -> InFlight {
+    pub fn begin(&self, seq: i64, command: CommandStart, decision: Decision) -> InFlight {
         InFlight {
             seq,
             started_at: now_micros(),
             started: Instant::now(),
             command,
+            decision,
         }
     }
 
@@ -275,6 +309,8 @@ impl SessionHandle {
             rows: done.rows,
             outcome: done.outcome,
             sqlstate: done.code,
+            decision: Some(command.decision.name().to_string()),
+            policies: command.decision.policies,
         };
         self.recorder.record(Record::Statement(Box::new(row))).await
     }

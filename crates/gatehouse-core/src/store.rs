@@ -25,9 +25,10 @@ pub enum StoreError {
 }
 
 /// Ordered schema changes. Append only: a released migration is never edited.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
     CREATE TABLE service_tokens (
         id          TEXT PRIMARY KEY,
         account     TEXT NOT NULL,
@@ -69,7 +70,15 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         PRIMARY KEY (session_id, seq)
     );
     "#,
-)];
+    ),
+    (
+        2,
+        r#"
+    ALTER TABLE statements ADD COLUMN decision TEXT;
+    ALTER TABLE statements ADD COLUMN policies TEXT;
+    "#,
+    ),
+];
 
 /// A service-account token as stored (never the token itself).
 #[derive(Debug, Clone, Serialize)]
@@ -156,6 +165,10 @@ pub struct StatementRow {
     pub rows: Option<i64>,
     pub outcome: Outcome,
     pub sqlstate: Option<String>,
+    /// `allow`, `deny` or `review`.
+    pub decision: Option<String>,
+    /// The policies that determined the decision.
+    pub policies: Vec<String>,
 }
 
 /// Something the data path wants kept; written in batches by the recorder.
@@ -300,8 +313,8 @@ impl Store {
                 }
                 Record::Statement(st) => {
                     sqlx::query(
-                        "INSERT INTO statements (session_id, seq, started_at, duration_us, text, params, rows, outcome, sqlstate)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                        "INSERT INTO statements (session_id, seq, started_at, duration_us, text, params, rows, outcome, sqlstate, decision, policies)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                     )
                     .bind(&st.session_id)
                     .bind(st.seq)
@@ -312,6 +325,8 @@ impl Store {
                     .bind(st.rows)
                     .bind(st.outcome.as_str())
                     .bind(&st.sqlstate)
+                    .bind(&st.decision)
+                    .bind(to_json(&st.policies))
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -366,6 +381,7 @@ impl Store {
             .iter()
             .map(|r| {
                 let params: Option<String> = r.try_get("params")?;
+                let policies: Option<String> = r.try_get("policies")?;
                 Ok(StatementRow {
                     session_id: r.try_get("session_id")?,
                     seq: r.try_get("seq")?,
@@ -379,6 +395,12 @@ impl Store {
                     rows: r.try_get("rows")?,
                     outcome: Outcome::parse(&r.try_get::<String, _>("outcome")?)?,
                     sqlstate: r.try_get("sqlstate")?,
+                    decision: r.try_get("decision")?,
+                    policies: policies
+                        .map(|p| serde_json::from_str(&p))
+                        .transpose()
+                        .map_err(|_| StoreError::Corrupt("statements.policies"))?
+                        .unwrap_or_default(),
                 })
             })
             .collect()

@@ -18,12 +18,14 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use cedar_policy::{Authorizer as CedarAuthorizer, Decision, PolicyId, PolicySet, Request, Schema};
+use cedar_policy::{
+    Authorizer as CedarAuthorizer, Decision as CedarDecision, PolicyId, PolicySet, Request, Schema,
+};
 use gatehouse_core::classify::{Classification, Statement};
 use gatehouse_core::config::ConnectionConfig;
 use gatehouse_core::identity::Identity;
 use gatehouse_core::pipeline::{
-    Authorizer, CommandStart, Denial, ReviewNeeded, SessionHandle, Verdict,
+    Authorizer, CommandStart, Decision, Denial, ReviewNeeded, SessionHandle, Verdict,
 };
 
 pub use load::{LoadError, PolicySource};
@@ -175,7 +177,7 @@ impl PolicyEngine {
         if response.diagnostics().errors().next().is_some() {
             tracing::warn!(action, errors = ?response.diagnostics().errors().map(|e| e.to_string()).collect::<Vec<_>>(), "policy evaluation errors");
         }
-        if response.decision() == Decision::Allow {
+        if response.decision() == CedarDecision::Allow {
             return Evaluation {
                 verdict: Verdict::Allow,
                 action: action.into(),
@@ -186,7 +188,7 @@ impl PolicyEngine {
         if let Some(statement) = statement {
             let approved = entities::statement_context(facts, statement, true);
             if let Ok(r) = evaluate(approved)
-                && r.decision() == Decision::Allow
+                && r.decision() == CedarDecision::Allow
             {
                 let permitting: Vec<PolicyId> = r.diagnostics().reason().cloned().collect();
                 return Evaluation {
@@ -290,12 +292,9 @@ pub struct PolicyAuthorizer {
 }
 
 impl Authorizer for PolicyAuthorizer {
-    fn authorize(&self, session: &SessionHandle, command: &CommandStart) -> Verdict {
+    fn authorize(&self, session: &SessionHandle, command: &CommandStart) -> Decision {
         let Some(classification) = &command.classification else {
-            return Verdict::Deny(Denial {
-                policy: "gatehouse.classifier".into(),
-                reason: "the command was not classified".into(),
-            });
+            return Decision::deny("gatehouse.classifier", "the command was not classified");
         };
         let facts = RequestFacts {
             identity: session.identity(),
@@ -304,7 +303,11 @@ impl Authorizer for PolicyAuthorizer {
             protocol: session.protocol(),
             grants: &[],
         };
-        self.engine.decide(&facts, classification).verdict
+        let evaluation = self.engine.decide(&facts, classification);
+        Decision {
+            verdict: evaluation.verdict,
+            policies: evaluation.policies,
+        }
     }
 
     fn authorize_connect(

@@ -18,7 +18,8 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use gatehouse_core::classify::Classification;
 use gatehouse_core::pipeline::{
-    CommandStart, Completion, Denial, InFlight, ReviewNeeded, SessionHandle, Verdict, cap_params,
+    CommandStart, Completion, Decision, Denial, InFlight, ReviewNeeded, SessionHandle, Verdict,
+    cap_params,
 };
 use gatehouse_core::store::Outcome;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -230,14 +231,21 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                     params: None,
                     classification: Some(Arc::new(gatehouse_pgsql::classify(text))),
                 };
-                match self.session.authorize(&start) {
+                let decision = self.session.authorize(&start);
+                match &decision.verdict {
                     Verdict::Allow => {
-                        let inflight = self.begin(start);
+                        let inflight = self.begin(start, decision);
                         self.push(Expect::Simple(inflight));
                         self.out.extend_from_slice(&frame);
                     }
-                    Verdict::Deny(denial) => self.refuse(start, denied(&denial), true),
-                    Verdict::Review(review) => self.refuse(start, needs_review(&review), true),
+                    Verdict::Deny(denial) => {
+                        let error = denied(denial);
+                        self.refuse_decided(start, decision, error, true);
+                    }
+                    Verdict::Review(review) => {
+                        let error = needs_review(review);
+                        self.refuse_decided(start, decision, error, true);
+                    }
                 }
             }
             b'P' => match wire::parse_parse(body) {
@@ -331,14 +339,21 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                         unclassified(format!("-- Execute of unknown portal \"{portal}\"").into())
                     }
                 };
-                match self.session.authorize(&start) {
+                let decision = self.session.authorize(&start);
+                match &decision.verdict {
                     Verdict::Allow => {
-                        let inflight = self.begin(start);
+                        let inflight = self.begin(start, decision);
                         self.push(Expect::Execute(inflight));
                         self.out.extend_from_slice(&frame);
                     }
-                    Verdict::Deny(denial) => self.refuse(start, denied(&denial), false),
-                    Verdict::Review(review) => self.refuse(start, needs_review(&review), false),
+                    Verdict::Deny(denial) => {
+                        let error = denied(denial);
+                        self.refuse_decided(start, decision, error, false);
+                    }
+                    Verdict::Review(review) => {
+                        let error = needs_review(review);
+                        self.refuse_decided(start, decision, error, false);
+                    }
                 }
             }
             b'C' => {
@@ -376,9 +391,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
         Ok(())
     }
 
-    fn begin(&mut self, start: CommandStart) -> InFlight {
+    fn begin(&mut self, start: CommandStart, decision: Decision) -> InFlight {
         self.seq += 1;
-        self.session.begin(self.seq, start)
+        self.session.begin(self.seq, start, decision)
     }
 
     fn push(&self, expect: Expect) {
@@ -390,9 +405,21 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
     /// and the command is recorded as denied. `with_sync` is for messages that end with their
     /// own ReadyForQuery (Query, FunctionCall).
     fn refuse(&mut self, start: CommandStart, error: GatewayError, with_sync: bool) {
+        let decision = Decision::deny("gatehouse.protocol", error.message.clone());
+        self.refuse_decided(start, decision, error, with_sync);
+    }
+
+    /// [`Self::refuse`] for a command the pipeline decided on.
+    fn refuse_decided(
+        &mut self,
+        start: CommandStart,
+        decision: Decision,
+        error: GatewayError,
+        with_sync: bool,
+    ) {
         let mut bytes = BytesMut::new();
         error.encode(&mut bytes);
-        let command = Some(self.begin(start));
+        let command = Some(self.begin(start, decision));
         self.push(Expect::Denied {
             error: bytes.freeze(),
             command,

@@ -166,6 +166,14 @@ async fn example_policies_allow_deny_and_ask_for_review() {
         .map(|s| s["outcome"].as_str().unwrap())
         .collect();
     assert_eq!(&outcomes[..3], &["ok", "denied", "ok"], "{shown}");
+    let st = &shown["statements"];
+    assert_eq!(st[0]["decision"], "allow");
+    assert_eq!(st[0]["policies"], serde_json::json!(["agents-read"]));
+    assert_eq!(st[1]["decision"], "review");
+    assert_eq!(
+        st[1]["policies"],
+        serde_json::json!(["prod-writes-need-dba-approval"])
+    );
 }
 
 #[tokio::test]
