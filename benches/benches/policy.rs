@@ -24,14 +24,21 @@ fn main() {
 
     let mut c = Criterion::default().configure_from_args();
     for (name, sql) in TYPICAL {
-        c.bench_function(&format!("classify/{name}"), |b| b.iter(|| gatehouse_pgsql::classify(black_box(sql))));
+        c.bench_function(&format!("classify/{name}"), |b| {
+            b.iter(|| gatehouse_pgsql::classify(black_box(sql)))
+        });
         let classified = gatehouse_pgsql::classify(sql);
-        c.bench_function(&format!("decide_100_policies/{name}"), |b| b.iter(|| engine.decide(&facts, black_box(&classified))));
+        c.bench_function(&format!("decide_100_policies/{name}"), |b| {
+            b.iter(|| engine.decide(&facts, black_box(&classified)))
+        });
     }
     c.final_summary();
 
     println!("\nclassify+decide per statement, 100+ policies (20,000 runs each):");
-    println!("{:<16} {:>10} {:>10} {:>10}", "statement", "p50 µs", "p99 µs", "max µs");
+    println!(
+        "{:<16} {:>10} {:>10} {:>10}",
+        "statement", "p50 µs", "p99 µs", "max µs"
+    );
     for (name, sql) in TYPICAL {
         let mut samples: Vec<f64> = (0..20_000)
             .map(|_| {
@@ -43,6 +50,11 @@ fn main() {
             .collect();
         samples.sort_by(|a, b| a.total_cmp(b));
         let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q) as usize];
-        println!("{name:<16} {:>10.1} {:>10.1} {:>10.1}", at(0.5), at(0.99), at(1.0));
+        println!(
+            "{name:<16} {:>10.1} {:>10.1} {:>10.1}",
+            at(0.5),
+            at(0.99),
+            at(1.0)
+        );
     }
 }

@@ -9,11 +9,26 @@ use gatehouse_policy::PolicyEngine;
 
 /// Statements typical of agents and ORMs.
 pub const TYPICAL: &[(&str, &str)] = &[
-    ("pgbench_select", "SELECT abalance FROM pgbench_accounts WHERE aid = $1"),
-    ("pgbench_update", "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2"),
-    ("join", "SELECT o.id, o.total, c.name FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.created_at > now() - interval '1 day' ORDER BY o.id LIMIT 50"),
-    ("insert", "INSERT INTO events (kind, payload, created_at) VALUES ($1, $2, now()) RETURNING id"),
-    ("cte", "WITH recent AS (SELECT * FROM orders WHERE status = 'open') SELECT count(*), sum(total) FROM recent GROUP BY customer_id HAVING count(*) > 2"),
+    (
+        "pgbench_select",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+    ),
+    (
+        "pgbench_update",
+        "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
+    ),
+    (
+        "join",
+        "SELECT o.id, o.total, c.name FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.created_at > now() - interval '1 day' ORDER BY o.id LIMIT 50",
+    ),
+    (
+        "insert",
+        "INSERT INTO events (kind, payload, created_at) VALUES ($1, $2, now()) RETURNING id",
+    ),
+    (
+        "cte",
+        "WITH recent AS (SELECT * FROM orders WHERE status = 'open') SELECT count(*), sum(total) FROM recent GROUP BY customer_id HAVING count(*) > 2",
+    ),
 ];
 
 pub fn connection() -> ConnectionConfig {
@@ -27,7 +42,10 @@ pub fn connection() -> ConnectionConfig {
         password: None,
         tls: UpstreamTls::Disable,
         ca_file: None,
-        tags: BTreeMap::from([("env".to_string(), "prod".to_string()), ("team".to_string(), "payments".to_string())]),
+        tags: BTreeMap::from([
+            ("env".to_string(), "prod".to_string()),
+            ("team".to_string(), "payments".to_string()),
+        ]),
     }
 }
 
@@ -58,6 +76,7 @@ pub fn engine(dir: &Path, extra: usize) -> PolicyEngine {
         ));
     }
     std::fs::write(dir.join("generated.cedar"), generated).expect("write");
-    let policies = gatehouse_policy::load::load(&["*.cedar".to_string()], dir).expect("policies load");
+    let policies =
+        gatehouse_policy::load::load(&["*.cedar".to_string()], dir).expect("policies load");
     PolicyEngine::new(policies)
 }

@@ -6,6 +6,7 @@
 //! each command ended with [`SessionHandle::complete`]. Approval and masking attach to the same
 //! handle, so a feature added here works for every protocol.
 
+use std::any::Any;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,6 +35,16 @@ pub trait Authorizer: Send + Sync {
         client: SocketAddr,
         protocol: &str,
     ) -> Verdict;
+
+    /// State the authorizer keeps per session (such as what it can precompute from the
+    /// identity and connection), handed back through [`SessionHandle::authorizer_state`].
+    fn session_state(
+        &self,
+        _identity: &Identity,
+        _connection: &ConnectionConfig,
+    ) -> Option<Arc<dyn Any + Send + Sync>> {
+        None
+    }
 }
 
 /// Allows everything. For tests of the relay alone; a gateway always runs a policy engine.
@@ -230,8 +241,12 @@ impl Pipeline {
         self.recorder
             .record(Record::SessionOpened(Box::new(row)))
             .await?;
+        let authorizer_state = self
+            .authorizer
+            .session_state(&start.identity, &start.connection);
         Ok(SessionHandle {
             id,
+            authorizer_state,
             protocol: start.protocol,
             client_addr: start.client_addr,
             identity: Arc::new(start.identity),
@@ -246,6 +261,7 @@ impl Pipeline {
 #[derive(Clone)]
 pub struct SessionHandle {
     id: Arc<str>,
+    authorizer_state: Option<Arc<dyn Any + Send + Sync>>,
     protocol: &'static str,
     client_addr: SocketAddr,
     identity: Arc<Identity>,
@@ -257,6 +273,11 @@ pub struct SessionHandle {
 impl SessionHandle {
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// What the authorizer keeps for this session (see [`Authorizer::session_state`]).
+    pub fn authorizer_state(&self) -> Option<&(dyn Any + Send + Sync)> {
+        self.authorizer_state.as_deref()
     }
 
     pub fn protocol(&self) -> &'static str {

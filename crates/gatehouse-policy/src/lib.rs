@@ -13,6 +13,7 @@
 
 mod entities;
 pub mod load;
+mod scope;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -45,6 +46,39 @@ pub struct Policies {
     pub schema: Arc<Schema>,
     /// Where the policies came from, for messages.
     pub source: PolicySource,
+    /// Each policy with what its scope says, to narrow evaluation.
+    index: Vec<scope::Indexed>,
+}
+
+impl Policies {
+    pub fn new(set: PolicySet, schema: Arc<Schema>, source: PolicySource) -> Self {
+        let index = scope::index(&set);
+        Policies {
+            set,
+            schema,
+            source,
+            index,
+        }
+    }
+}
+
+/// What one session can precompute: its entities and, per action, the policies that can
+/// apply to it. Built from one policy set; rebuilt when the policies are reloaded.
+pub struct SessionCache {
+    policies: Arc<Policies>,
+    entities: cedar_policy::Entities,
+    principal: String,
+    groups: Vec<String>,
+    subsets: [std::sync::OnceLock<scope::Subset>; scope::ACTIONS.len()],
+}
+
+impl SessionCache {
+    fn subset(&self, action: &str) -> Option<&scope::Subset> {
+        let i = scope::ACTIONS.iter().position(|a| *a == action)?;
+        Some(self.subsets[i].get_or_init(|| {
+            scope::subset(&self.policies.index, action, &self.principal, &self.groups)
+        }))
+    }
 }
 
 /// The outcome of one evaluation, with the policies that determined it.
@@ -88,17 +122,47 @@ impl PolicyEngine {
         self.current.load_full()
     }
 
+    /// Precomputes what a session's decisions need.
+    pub fn session_cache(
+        &self,
+        identity: &Identity,
+        connection: &ConnectionConfig,
+    ) -> SessionCache {
+        SessionCache {
+            policies: self.current.load_full(),
+            entities: entities::build(identity, connection),
+            principal: identity.principal(),
+            groups: identity.groups.clone(),
+            subsets: Default::default(),
+        }
+    }
+
+    /// `true` when `cache` was built from the policies in force.
+    pub fn is_current(&self, cache: &SessionCache) -> bool {
+        Arc::ptr_eq(&self.current.load(), &cache.policies)
+    }
+
     /// May this principal open a session on this connection?
     pub fn decide_connect(&self, facts: &RequestFacts<'_>) -> Evaluation {
-        let policies = self.current.load();
-        let entities = entities::build(facts.identity, facts.connection);
+        let cache = self.session_cache(facts.identity, facts.connection);
         let context = entities::session_context(facts);
-        self.decide_one(&policies, &entities, facts, "connect", context, None)
+        self.decide_one(&cache, facts, "connect", context, None)
     }
 
     /// Decides a classified command: every statement must be allowed; any denial denies the
     /// whole command, and any review makes it a review.
     pub fn decide(&self, facts: &RequestFacts<'_>, classification: &Classification) -> Evaluation {
+        let cache = self.session_cache(facts.identity, facts.connection);
+        self.decide_cached(&cache, facts, classification)
+    }
+
+    /// [`Self::decide`] with a session's precomputed state.
+    pub fn decide_cached(
+        &self,
+        cache: &SessionCache,
+        facts: &RequestFacts<'_>,
+        classification: &Classification,
+    ) -> Evaluation {
         let statements = match classification {
             Classification::Refused { reason } => {
                 return Evaluation {
@@ -112,8 +176,6 @@ impl PolicyEngine {
             }
             Classification::Statements { statements } => statements,
         };
-        let policies = self.current.load();
-        let entities = entities::build(facts.identity, facts.connection);
         let mut review: Option<Evaluation> = None;
         let mut last = Evaluation {
             verdict: Verdict::Allow,
@@ -123,8 +185,7 @@ impl PolicyEngine {
         for statement in statements {
             let action = statement.kind.action();
             let e = self.decide_one(
-                &policies,
-                &entities,
+                cache,
                 facts,
                 action,
                 entities::statement_context(facts, statement, false),
@@ -145,13 +206,17 @@ impl PolicyEngine {
 
     fn decide_one(
         &self,
-        policies: &Policies,
-        entities: &cedar_policy::Entities,
+        cache: &SessionCache,
         facts: &RequestFacts<'_>,
         action: &str,
         context: cedar_policy::Context,
         statement: Option<&Statement>,
     ) -> Evaluation {
+        let policies = &cache.policies;
+        let Some(subset) = cache.subset(action) else {
+            return internal_denial(action, "unknown action");
+        };
+        let entities = &cache.entities;
         let principal = entities::principal_uid(facts.identity);
         let resource = entities::connection_uid(facts.connection);
         let action_uid = entities::action_uid(action);
@@ -165,7 +230,7 @@ impl PolicyEngine {
             )
             .map(|request| {
                 self.authorizer
-                    .is_authorized(&request, &policies.set, entities)
+                    .is_authorized(&request, &subset.set, entities)
             })
             .map_err(|e| e.to_string())
         };
@@ -185,7 +250,7 @@ impl PolicyEngine {
             };
         }
         // Denied as it stands. Would an approval change that?
-        if let Some(statement) = statement {
+        if let Some(statement) = statement.filter(|_| subset.may_review) {
             let approved = entities::statement_context(facts, statement, true);
             if let Ok(r) = evaluate(approved)
                 && r.decision() == CedarDecision::Allow
@@ -303,11 +368,33 @@ impl Authorizer for PolicyAuthorizer {
             protocol: session.protocol(),
             grants: &[],
         };
-        let evaluation = self.engine.decide(&facts, classification);
+        let evaluation = match session
+            .authorizer_state()
+            .and_then(|s| s.downcast_ref::<ArcSwap<SessionCache>>())
+        {
+            Some(slot) => {
+                let mut cache = slot.load_full();
+                if !self.engine.is_current(&cache) {
+                    cache = Arc::new(self.engine.session_cache(facts.identity, facts.connection));
+                    slot.store(cache.clone());
+                }
+                self.engine.decide_cached(&cache, &facts, classification)
+            }
+            None => self.engine.decide(&facts, classification),
+        };
         Decision {
             verdict: evaluation.verdict,
             policies: evaluation.policies,
         }
+    }
+
+    fn session_state(
+        &self,
+        identity: &Identity,
+        connection: &ConnectionConfig,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        let cache = self.engine.session_cache(identity, connection);
+        Some(Arc::new(ArcSwap::from_pointee(cache)))
     }
 
     fn authorize_connect(

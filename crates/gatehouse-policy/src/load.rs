@@ -54,11 +54,7 @@ pub fn load(patterns: &[String], base: &Path) -> Result<Policies, LoadError> {
             path: "<built-in>".into(),
             message: e.to_string(),
         })?;
-        return Ok(Policies {
-            set,
-            schema,
-            source: PolicySource::Default,
-        });
+        return Ok(Policies::new(set, schema, PolicySource::Default));
     }
     let mut files = Vec::new();
     for pattern in patterns {
@@ -126,11 +122,7 @@ pub fn load(patterns: &[String], base: &Path) -> Result<Policies, LoadError> {
             .collect();
         return Err(LoadError::Invalid(messages.join("\n")));
     }
-    Ok(Policies {
-        set: combined,
-        schema,
-        source: PolicySource::Files(files),
-    })
+    Ok(Policies::new(combined, schema, PolicySource::Files(files)))
 }
 
 /// Cedar's parse errors carry their details as diagnostics; fold them into one line.
