@@ -22,6 +22,9 @@ fn main() {
         grants: &[],
     };
 
+    // The gateway builds this once per session; decisions reuse it.
+    let cache = engine.session_cache(&identity, &connection);
+
     let mut c = Criterion::default().configure_from_args();
     for (name, sql) in TYPICAL {
         c.bench_function(&format!("classify/{name}"), |b| {
@@ -29,9 +32,12 @@ fn main() {
         });
         let classified = gatehouse_pgsql::classify(sql);
         c.bench_function(&format!("decide_100_policies/{name}"), |b| {
-            b.iter(|| engine.decide(&facts, black_box(&classified)))
+            b.iter(|| engine.decide_cached(&cache, &facts, black_box(&classified)))
         });
     }
+    c.bench_function("session_cache", |b| {
+        b.iter(|| engine.session_cache(black_box(&identity), &connection))
+    });
     c.final_summary();
 
     println!("\nclassify+decide per statement, 100+ policies (20,000 runs each):");
@@ -44,7 +50,7 @@ fn main() {
             .map(|_| {
                 let start = Instant::now();
                 let classified = gatehouse_pgsql::classify(black_box(sql));
-                black_box(engine.decide(&facts, &classified));
+                black_box(engine.decide_cached(&cache, &facts, &classified));
                 start.elapsed().as_secs_f64() * 1e6
             })
             .collect();
