@@ -50,6 +50,13 @@ pub struct Statement {
     pub relations: Vec<String>,
     /// Functions called, as written (`schema.name` when qualified).
     pub functions: Vec<String>,
+    /// The name this statement prepares (SQL-level `PREPARE name AS ...`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prepares: Option<String>,
+    /// The prepared statement this statement runs (SQL-level `EXECUTE name`). The adapter
+    /// replaces it with what `PREPARE name` held, when it saw that.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub executes: Option<String>,
 }
 
 /// The result of classifying one protocol command (which may hold several statements).

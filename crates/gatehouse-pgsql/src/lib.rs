@@ -115,11 +115,14 @@ fn classify_statement(node_type: &str, body: &Value) -> Result<Statement, String
     let mut functions = f.functions;
     functions.sort();
     functions.dedup();
+    let name = || body["name"].as_str().map(str::to_string);
     Ok(Statement {
         command: command_name(node_type, body),
         kind: f.kind,
         relations,
         functions,
+        prepares: (node_type == "PrepareStmt").then(name).flatten(),
+        executes: (node_type == "ExecuteStmt").then(name).flatten(),
     })
 }
 

@@ -179,7 +179,7 @@ fn code_execution() {
         "select purge_old_orders()",
         "select public.lower('x')",
         "select myschema.f()",
-        "execute p",
+        "execute p", // without its PREPARE in view
         "select * from my_set_returning_function()",
     ] {
         assert_eq!(kind(sql), Exec, "{sql}");

@@ -48,6 +48,8 @@ fn statement(kind: StatementKind) -> Classification {
             kind,
             relations: vec!["public.t".into()],
             functions: vec![],
+            prepares: None,
+            executes: None,
         }],
     }
 }
@@ -124,12 +126,16 @@ fn one_denied_statement_denies_the_whole_command() {
                 kind: StatementKind::Read,
                 relations: vec![],
                 functions: vec![],
+                prepares: None,
+                executes: None,
             },
             Statement {
                 command: "DROP".into(),
                 kind: StatementKind::Ddl,
                 relations: vec![],
                 functions: vec![],
+                prepares: None,
+                executes: None,
             },
         ],
     };

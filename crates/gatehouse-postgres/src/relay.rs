@@ -16,7 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use gatehouse_core::classify::Classification;
+use gatehouse_core::classify::{Classification, Statement};
 use gatehouse_core::pipeline::{
     CommandStart, Completion, Decision, Denial, InFlight, ReviewNeeded, SessionHandle, Verdict,
     cap_params,
@@ -104,6 +104,7 @@ where
         session: session.clone(),
         statements: HashMap::new(),
         portals: HashMap::new(),
+        sql_prepared: HashMap::new(),
         seq: 0,
         poison: poison.clone(),
         policy: ClientPolicy(limits),
@@ -166,6 +167,8 @@ struct ClientToServer<R, W> {
     session: SessionHandle,
     statements: HashMap<String, Prepared>,
     portals: HashMap<String, Portal>,
+    /// SQL-level prepared statements (`PREPARE name AS ...`), by name.
+    sql_prepared: HashMap<String, Statement>,
     seq: i64,
     poison: Arc<str>,
     policy: ClientPolicy,
@@ -226,14 +229,18 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                     }
                     Err(e) => return Err(self.fatal(e)),
                 };
+                let classification = self.resolve_sql_prepared(gatehouse_pgsql::classify(text));
                 let start = CommandStart {
                     text: text.into(),
                     params: None,
-                    classification: Some(Arc::new(gatehouse_pgsql::classify(text))),
+                    classification: Some(Arc::new(classification)),
                 };
                 let decision = self.session.authorize(&start);
                 match &decision.verdict {
                     Verdict::Allow => {
+                        if let Some(c) = &start.classification {
+                            self.remember_sql_prepared(c);
+                        }
                         let inflight = self.begin(start, decision);
                         self.push(Expect::Simple(inflight));
                         self.out.extend_from_slice(&frame);
@@ -251,7 +258,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
             b'P' => match wire::parse_parse(body) {
                 Ok((name, query)) => {
                     // Classified once here; enforced at every Execute of this statement.
-                    let classification = Arc::new(gatehouse_pgsql::classify(query));
+                    let classification =
+                        Arc::new(self.resolve_sql_prepared(gatehouse_pgsql::classify(query)));
+                    self.remember_sql_prepared(&classification);
                     let prepared = Prepared {
                         text: query.into(),
                         classification: classification.clone(),
@@ -394,6 +403,39 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
     fn begin(&mut self, start: CommandStart, decision: Decision) -> InFlight {
         self.seq += 1;
         self.session.begin(self.seq, start, decision)
+    }
+
+    /// SQL-level `EXECUTE name` is judged as the statement `PREPARE name` held (an EXECUTE of
+    /// a name the gateway never saw prepared stays `exec`).
+    fn resolve_sql_prepared(&self, classification: Classification) -> Classification {
+        let Classification::Statements { mut statements } = classification else {
+            return classification;
+        };
+        // A PREPARE earlier in the same message counts too.
+        let mut earlier: HashMap<String, Statement> = HashMap::new();
+        for statement in &mut statements {
+            let prepared = statement
+                .executes
+                .as_ref()
+                .and_then(|name| earlier.get(name).or_else(|| self.sql_prepared.get(name)));
+            if let Some(p) = prepared {
+                statement.kind = p.kind;
+                statement.relations = p.relations.clone();
+                statement.functions = p.functions.clone();
+            }
+            if let Some(name) = &statement.prepares {
+                earlier.insert(name.clone(), statement.clone());
+            }
+        }
+        Classification::Statements { statements }
+    }
+
+    fn remember_sql_prepared(&mut self, classification: &Classification) {
+        for statement in classification.statements() {
+            if let Some(name) = &statement.prepares {
+                self.sql_prepared.insert(name.clone(), statement.clone());
+            }
+        }
     }
 
     fn push(&self, expect: Expect) {

@@ -279,6 +279,36 @@ async fn extended_protocol_is_classified_at_parse_and_enforced_at_execute() {
     assert_eq!(err.code().unwrap().code(), "42501");
 }
 
+/// Case 27: SQL-level EXECUTE is judged as what its PREPARE held.
+#[tokio::test]
+async fn sql_level_execute_is_judged_as_its_prepared_statement() {
+    table("prep_t", 2);
+    let gw = with_examples();
+    let agent = gw.token("agent", &["agents"]);
+    let dev = client(&gw, "appdb", &agent).await;
+    // A prepared read runs as a read, a prepared write outside prod as a write.
+    dev.batch_execute("PREPARE r AS SELECT count(*) FROM prep_t")
+        .await
+        .unwrap();
+    dev.batch_execute("EXECUTE r").await.unwrap();
+    dev.batch_execute("PREPARE w AS INSERT INTO prep_t VALUES (3)")
+        .await
+        .unwrap();
+    dev.batch_execute("EXECUTE w").await.unwrap();
+    assert_eq!(count("prep_t"), 3);
+    // In prod the prepared write needs review at PREPARE, and an EXECUTE of a name never
+    // prepared through the gateway is code execution, which agents may not do.
+    let prod = client(&gw, "proddb", &agent).await;
+    let (_, message) = refused(&prod, "PREPARE d AS DELETE FROM prep_t").await;
+    assert!(message.contains("approval"), "{message}");
+    denied_by(&prod, "EXECUTE d", "gatehouse.no-permit").await;
+    // The same name prepared as a read in one statement, then executed: a read.
+    prod.batch_execute("PREPARE d2 AS SELECT 1; EXECUTE d2")
+        .await
+        .unwrap();
+    assert_eq!(count("prep_t"), 3);
+}
+
 /// Case 31: in one pipeline, a refused statement in the middle aborts the implicit transaction
 /// exactly as a failed statement would: the write before it is rolled back, the one after it
 /// never runs, and one ReadyForQuery ends the batch.
