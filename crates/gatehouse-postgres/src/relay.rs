@@ -105,6 +105,7 @@ where
         statements: HashMap::new(),
         portals: HashMap::new(),
         sql_prepared: HashMap::new(),
+        classified: HashMap::new(),
         seq: 0,
         poison: poison.clone(),
         policy: ClientPolicy(limits),
@@ -169,6 +170,9 @@ struct ClientToServer<R, W> {
     portals: HashMap<String, Portal>,
     /// SQL-level prepared statements (`PREPARE name AS ...`), by name.
     sql_prepared: HashMap<String, Statement>,
+    /// Classifications of statement texts seen in this session. Drivers re-Parse the same
+    /// unnamed statement for every execution; classification is a pure function of the text.
+    classified: HashMap<Arc<str>, Arc<Classification>>,
     seq: i64,
     poison: Arc<str>,
     policy: ClientPolicy,
@@ -229,7 +233,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                     }
                     Err(e) => return Err(self.fatal(e)),
                 };
-                let classification = self.resolve_sql_prepared(gatehouse_pgsql::classify(text));
+                let classified = self.classify(text);
+                let classification = self.resolve_sql_prepared(classified);
                 let start = CommandStart {
                     text: text.into(),
                     params: None,
@@ -258,8 +263,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
             b'P' => match wire::parse_parse(body) {
                 Ok((name, query)) => {
                     // Classified once here; enforced at every Execute of this statement.
-                    let classification =
-                        Arc::new(self.resolve_sql_prepared(gatehouse_pgsql::classify(query)));
+                    let classified = self.classify(query);
+                    let classification = Arc::new(self.resolve_sql_prepared(classified));
                     self.remember_sql_prepared(&classification);
                     let prepared = Prepared {
                         text: query.into(),
@@ -403,6 +408,23 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
     fn begin(&mut self, start: CommandStart, decision: Decision) -> InFlight {
         self.seq += 1;
         self.session.begin(self.seq, start, decision)
+    }
+
+    /// Classifies `text`, remembering the result for the rest of the session.
+    fn classify(&mut self, text: &str) -> Classification {
+        const MAX_CACHED: usize = 512;
+        const MAX_CACHED_TEXT: usize = 4096;
+        if let Some(c) = self.classified.get(text) {
+            return Classification::clone(c);
+        }
+        let c = gatehouse_pgsql::classify(text);
+        if text.len() <= MAX_CACHED_TEXT {
+            if self.classified.len() >= MAX_CACHED {
+                self.classified.clear();
+            }
+            self.classified.insert(text.into(), Arc::new(c.clone()));
+        }
+        c
     }
 
     /// SQL-level `EXECUTE name` is judged as the statement `PREPARE name` held (an EXECUTE of
