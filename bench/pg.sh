@@ -9,6 +9,9 @@
 #   bench/pg.sh                       # defaults below
 #   ROUNDS=5 DURATION=20 bench/pg.sh
 #   MODES="prepared" SCRIPTS="select" CLIENTS="8" bench/pg.sh
+#
+# Gatehouse runs with its features on: client TLS, a token, the shipped example policies
+# (examples/policies) deciding every statement, and recording.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -106,6 +109,8 @@ data_dir = "$WORK/gh"
 api_listen = "127.0.0.1:$API_PORT"
 postgres_listen = "127.0.0.1:$GH_PORT"
 max_pending_handshakes = 8192
+[policy]
+files = ["$PWD/examples/policies/*.cedar"]
 [[connections]]
 name = "postgres"
 kind = "postgres"
@@ -114,12 +119,13 @@ port = $PG_PORT
 database = "postgres"
 user = "postgres"
 password = "env:BENCH_PG_PASSWORD"
+tags = { env = "bench" }
 EOF
 BENCH_PG_PASSWORD=$PW GATEHOUSE_LOG=warn "$GATEHOUSE" serve --config "$WORK/gatehouse.toml" 2>"$WORK/gatehouse.log" &
 GH_PID=$!
 PIDS+=($GH_PID)
 for _ in $(seq 100); do [ -f "$WORK/gh/admin.token" ] && break; sleep 0.1; done
-TOKEN=$(GATEHOUSE_URL=http://127.0.0.1:$API_PORT GATEHOUSE_TOKEN=$(cat "$WORK/gh/admin.token") "$GATEHOUSE" token create --name bench 2>/dev/null)
+TOKEN=$(GATEHOUSE_URL=http://127.0.0.1:$API_PORT GATEHOUSE_TOKEN=$(cat "$WORK/gh/admin.token") "$GATEHOUSE" token create --name bench --group agents 2>/dev/null)
 sleep 0.5
 
 port_of() { case $1 in direct) echo "$PG_PORT";; pgbouncer) echo "$BOUNCER_PORT";; gatehouse) echo "$GH_PORT";; esac; }
