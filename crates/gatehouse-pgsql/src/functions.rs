@@ -4,7 +4,6 @@
 //! functions, unknown names, other schemas) is exec.
 
 use gatehouse_core::classify::StatementKind;
-use serde_json::Value;
 
 /// Built-ins that reach outside the database, administer the server, or run SQL given as a
 /// string (which would hide statements from the classifier).
@@ -431,7 +430,8 @@ fn protected(setting: &str) -> bool {
 }
 
 /// The kind of a call to `name` (as written, possibly schema-qualified).
-pub fn kind_of(name: &str, args: &Value) -> Result<StatementKind, String> {
+/// `first_arg` is the call's first argument when that is a string constant.
+pub fn kind_of(name: &str, first_arg: Option<&str>) -> Result<StatementKind, String> {
     let lower = name.to_ascii_lowercase();
     let (schema, base) = match lower.rsplit_once('.') {
         Some((s, b)) => (Some(s), b),
@@ -442,11 +442,7 @@ pub fn kind_of(name: &str, args: &Value) -> Result<StatementKind, String> {
         return Ok(StatementKind::Exec);
     }
     if base == "set_config" {
-        let setting = args
-            .as_array()
-            .and_then(|a| a.first())
-            .and_then(|a| a["node"]["AConst"]["val"]["Sval"]["sval"].as_str())
-            .map(str::to_ascii_lowercase);
+        let setting = first_arg.map(str::to_ascii_lowercase);
         return match setting {
             Some(s) if protected(&s) => Err(format!(
                 "set_config('{s}', ...) is not allowed through Gatehouse: the gateway's decisions rely on it"

@@ -11,7 +11,11 @@
 //!   changes to what the gateway relies on (SET ROLE, SET SESSION AUTHORIZATION, search_path,
 //!   set_config('role', ...)): fail closed.
 
+mod body;
 mod functions;
+mod stream;
+
+use body::Body;
 
 use gatehouse_core::classify::{Classification, Statement, StatementKind};
 use serde_json::Value;
@@ -38,6 +42,27 @@ const VAR_RESET_ALL: i64 = 6;
 
 /// Classifies SQL text that may hold several statements.
 pub fn classify(sql: &str) -> Classification {
+    let parsed = match pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
+        Ok(p) => p,
+        Err(e) => return Classification::refused(format!("the statement cannot be parsed: {e}")),
+    };
+    let mut statements = Vec::new();
+    for raw in &parsed.protobuf.stmts {
+        let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
+            return Classification::refused("a statement has an empty parse tree");
+        };
+        match stream::classify_statement(node) {
+            Ok(s) => statements.push(s),
+            Err(reason) => return Classification::refused(reason),
+        }
+    }
+    Classification::Statements { statements }
+}
+
+/// The same classification through a `serde_json::Value` of the whole tree: slower, simpler,
+/// and kept as the reference the streaming walker is tested against.
+#[doc(hidden)]
+pub fn classify_reference(sql: &str) -> Classification {
     let parsed = match pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
         Ok(p) => p,
         Err(e) => return Classification::refused(format!("the statement cannot be parsed: {e}")),
@@ -71,7 +96,7 @@ fn single_node(v: &Value) -> Option<(&str, &Value)> {
 }
 
 /// What the walk of one statement found.
-struct Findings {
+pub(crate) struct Findings {
     kind: StatementKind,
     relations: Vec<(String, String)>,
     ctes: Vec<String>,
@@ -79,50 +104,78 @@ struct Findings {
 }
 
 impl Findings {
-    fn escalate(&mut self, kind: StatementKind) {
+    pub(crate) fn new(kind: StatementKind) -> Self {
+        Findings {
+            kind,
+            relations: Vec::new(),
+            ctes: Vec::new(),
+            functions: Vec::new(),
+        }
+    }
+
+    pub(crate) fn escalate(&mut self, kind: StatementKind) {
         self.kind = self.kind.max(kind);
+    }
+
+    /// The statement these findings describe, for a top-level node `node_type` with `body`.
+    pub(crate) fn into_statement(self, node_type: &str, body: &impl Body) -> Statement {
+        let ctes = self.ctes;
+        let mut relations: Vec<String> = self
+            .relations
+            .into_iter()
+            .filter(|(schema, name)| !(schema.is_empty() && ctes.contains(name)))
+            .map(|(schema, name)| {
+                let schema = if schema.is_empty() {
+                    "public".to_string()
+                } else {
+                    schema
+                };
+                format!("{schema}.{name}")
+            })
+            .collect();
+        relations.sort();
+        relations.dedup();
+        let mut functions = self.functions;
+        functions.sort();
+        functions.dedup();
+        let name = || body.str_field("name").map(str::to_string);
+        Statement {
+            command: command_name(node_type, body),
+            kind: self.kind,
+            relations,
+            functions,
+            prepares: (node_type == "PrepareStmt").then(name).flatten(),
+            executes: (node_type == "ExecuteStmt").then(name).flatten(),
+        }
     }
 }
 
 fn classify_statement(node_type: &str, body: &Value) -> Result<Statement, String> {
-    let base = statement_kind(node_type, body)?.ok_or_else(|| {
-        format!("Gatehouse does not know statement type {node_type}, so it refuses it")
-    })?;
-    let mut f = Findings {
-        kind: base,
-        relations: Vec::new(),
-        ctes: Vec::new(),
-        functions: Vec::new(),
-    };
-    visit(node_type, body, &mut f)?;
+    let base = statement_kind(node_type, body)?.ok_or_else(|| unknown_statement(node_type))?;
+    let mut f = Findings::new(base);
+    visit(
+        node_type,
+        body,
+        function_of(node_type, body).as_ref(),
+        &mut f,
+    )?;
     walk(body, &mut f)?;
+    Ok(f.into_statement(node_type, body))
+}
 
-    let mut relations: Vec<String> = f
-        .relations
-        .into_iter()
-        .filter(|(schema, name)| !(schema.is_empty() && f.ctes.contains(name)))
-        .map(|(schema, name)| {
-            let schema = if schema.is_empty() {
-                "public".to_string()
-            } else {
-                schema
-            };
-            format!("{schema}.{name}")
-        })
-        .collect();
-    relations.sort();
-    relations.dedup();
-    let mut functions = f.functions;
-    functions.sort();
-    functions.dedup();
-    let name = || body["name"].as_str().map(str::to_string);
-    Ok(Statement {
-        command: command_name(node_type, body),
-        kind: f.kind,
-        relations,
-        functions,
-        prepares: (node_type == "PrepareStmt").then(name).flatten(),
-        executes: (node_type == "ExecuteStmt").then(name).flatten(),
+pub(crate) fn unknown_statement(node_type: &str) -> String {
+    format!("Gatehouse does not know statement type {node_type}, so it refuses it")
+}
+
+/// A FuncCall's name and its first argument when that is a string constant (Value walker).
+fn function_of(node_type: &str, body: &Value) -> Option<(String, Option<String>)> {
+    (node_type == "FuncCall").then(|| {
+        let first = body["args"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|a| a["node"]["AConst"]["val"]["Sval"]["sval"].as_str())
+            .map(str::to_string);
+        (qualified_name(&body["funcname"]), first)
     })
 }
 
@@ -135,16 +188,11 @@ fn classify_statement(node_type: &str, body: &Value) -> Result<Statement, String
 fn walk(v: &Value, f: &mut Findings) -> Result<(), String> {
     match v {
         Value::Object(map) => {
-            if let (Some(Value::String(name)), Some(_)) =
-                (map.get("relname"), map.get("relpersistence"))
-            {
-                let schema = map
-                    .get("schemaname")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                if !name.is_empty() {
-                    f.relations.push((schema.to_string(), name.clone()));
-                }
+            if map.contains_key("relname") && map.contains_key("relpersistence") {
+                visit("RangeVar", v, None, f)?;
+            }
+            if map.contains_key("funcname") && map.contains_key("func_variadic") {
+                visit("FuncCall", v, function_of("FuncCall", v).as_ref(), f)?;
             }
             if map.get("into_clause").is_some_and(|v| !v.is_null()) {
                 f.escalate(StatementKind::Write);
@@ -155,7 +203,7 @@ fn walk(v: &Value, f: &mut Findings) -> Result<(), String> {
                     if let Some(kind) = statement_kind(key, child)? {
                         f.escalate(kind);
                     }
-                    visit(key, child, f)?;
+                    visit(key, child, function_of(key, child).as_ref(), f)?;
                 }
                 walk(child, f)?;
             }
@@ -170,35 +218,45 @@ fn walk(v: &Value, f: &mut Findings) -> Result<(), String> {
     Ok(())
 }
 
-/// What one node means for the statement, beyond its statement kind.
-fn visit(node_type: &str, body: &Value, f: &mut Findings) -> Result<(), String> {
+/// What one node means for the statement, beyond its statement kind. `function` is a
+/// FuncCall's name and its first argument if that is a string constant.
+pub(crate) fn visit(
+    node_type: &str,
+    body: &impl Body,
+    function: Option<&(String, Option<String>)>,
+    f: &mut Findings,
+) -> Result<(), String> {
     match node_type {
+        "RangeVar" => {
+            let name = body.str_field("relname").unwrap_or_default();
+            if !name.is_empty() {
+                let schema = body.str_field("schemaname").unwrap_or_default();
+                f.relations.push((schema.to_string(), name.to_string()));
+            }
+        }
         "CommonTableExpr" => {
-            if let Some(name) = body["ctename"].as_str() {
+            if let Some(name) = body.str_field("ctename") {
                 f.ctes.push(name.to_string());
             }
         }
         // FOR UPDATE/SHARE takes row locks: PostgreSQL refuses it in a read-only transaction,
         // so it is a write.
-        "SelectStmt"
-            if body["locking_clause"]
-                .as_array()
-                .is_some_and(|a| !a.is_empty()) =>
-        {
+        "SelectStmt" if body.has_items("locking_clause") => {
             f.escalate(StatementKind::Write);
         }
         "FuncCall" => {
-            let name = qualified_name(&body["funcname"]);
-            let kind = functions::kind_of(&name, &body["args"])?;
-            f.escalate(kind);
-            f.functions.push(name);
+            if let Some((name, first_arg)) = function {
+                let kind = functions::kind_of(name, first_arg.as_deref())?;
+                f.escalate(kind);
+                f.functions.push(name.clone());
+            }
         }
         "VariableSetStmt" => {
-            let name = body["name"]
-                .as_str()
+            let name = body
+                .str_field("name")
                 .unwrap_or_default()
                 .to_ascii_lowercase();
-            let kind = body["kind"].as_i64().unwrap_or(0);
+            let kind = body.int_field("kind").unwrap_or(0);
             let resets = kind == VAR_RESET || kind == VAR_RESET_ALL;
             if !resets && PROTECTED_SETTINGS.contains(&name.as_str()) {
                 return Err(format!(
@@ -222,14 +280,14 @@ fn qualified_name(list: &Value) -> String {
         .join(".")
 }
 
-fn command_name(node_type: &str, body: &Value) -> String {
+fn command_name(node_type: &str, body: &impl Body) -> String {
     let name = match node_type {
         "SelectStmt" => "SELECT",
         "InsertStmt" => "INSERT",
         "UpdateStmt" => "UPDATE",
         "DeleteStmt" => "DELETE",
         "MergeStmt" => "MERGE",
-        "CopyStmt" if body["is_from"].as_bool() == Some(true) => "COPY FROM",
+        "CopyStmt" if body.bool_field("is_from") == Some(true) => "COPY FROM",
         "CopyStmt" => "COPY TO",
         "ExplainStmt" => "EXPLAIN",
         "TransactionStmt" => "TRANSACTION",
@@ -249,23 +307,26 @@ fn command_name(node_type: &str, body: &Value) -> String {
 
 /// The kind a statement node has by itself, `Ok(None)` for nodes that are not statements,
 /// and an error for statements the gateway refuses outright.
-fn statement_kind(node_type: &str, body: &Value) -> Result<Option<StatementKind>, String> {
+pub(crate) fn statement_kind(
+    node_type: &str,
+    body: &impl Body,
+) -> Result<Option<StatementKind>, String> {
     use StatementKind::*;
     let kind = match node_type {
         "SelectStmt" | "VariableShowStmt" | "FetchStmt" | "ClosePortalStmt" | "ExplainStmt"
         | "DeclareCursorStmt" | "PrepareStmt" => Read,
         "TransactionStmt" | "ConstraintsSetStmt" => Transaction,
-        "VariableSetStmt" if body["name"].as_str() == Some("TRANSACTION") => Transaction,
+        "VariableSetStmt" if body.str_field("name") == Some("TRANSACTION") => Transaction,
         "VariableSetStmt" | "DiscardStmt" | "DeallocateStmt" | "ListenStmt" | "UnlistenStmt" => {
             Session
         }
         "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" | "LockStmt" | "NotifyStmt"
         | "RefreshMatViewStmt" => Write,
         "CopyStmt" => {
-            let to_server_file = body["filename"].as_str().is_some_and(|f| !f.is_empty());
-            if to_server_file || body["is_program"].as_bool() == Some(true) {
+            let to_server_file = body.str_field("filename").is_some_and(|f| !f.is_empty());
+            if to_server_file || body.bool_field("is_program") == Some(true) {
                 Admin
-            } else if body["is_from"].as_bool() == Some(true) {
+            } else if body.bool_field("is_from") == Some(true) {
                 Write
             } else {
                 Read

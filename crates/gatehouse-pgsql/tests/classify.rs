@@ -3,7 +3,18 @@
 
 use StatementKind::*;
 use gatehouse_core::classify::{Classification, StatementKind};
-use gatehouse_pgsql::classify;
+use gatehouse_pgsql::classify_reference;
+
+/// Classifies with the streaming walker, and checks it agrees with the reference walker.
+fn classify(sql: &str) -> Classification {
+    let streamed = gatehouse_pgsql::classify(sql);
+    assert_eq!(
+        streamed,
+        classify_reference(sql),
+        "walkers disagree on {sql:?}"
+    );
+    streamed
+}
 
 /// The kind of every statement in `sql`, or the refusal reason.
 fn kinds(sql: &str) -> Result<Vec<StatementKind>, String> {
@@ -397,10 +408,16 @@ mod generated {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(3000))]
 
-        /// Never panics, on anything.
+        /// Never panics, on anything, and both walkers agree.
         #[test]
         fn never_panics_on_bytes(s in "\\PC{0,200}") {
             let _ = classify(&s);
+        }
+
+        /// The streaming walker and the reference walker agree on SQL-shaped input.
+        #[test]
+        fn walkers_agree(s in sql()) {
+            prop_assert_eq!(gatehouse_pgsql::classify(&s), classify_reference(&s));
         }
 
         /// Statements built from SQL fragments: anything that contains a data-changing verb

@@ -79,7 +79,7 @@ async fn w4_a_large_startup_within_the_limit_is_accepted() {
 #[tokio::test]
 async fn w5_silent_and_slow_clients_are_cut_off_and_do_not_block_others() {
     let gw = Gateway::start_with(GatewayOptions {
-        server_extra: "handshake_timeout = \"1s\"".into(),
+        server_extra: "handshake_timeout = \"3s\"".into(),
         ..Default::default()
     });
     let token = gw.token("w", &[]);
@@ -89,11 +89,11 @@ async fn w5_silent_and_slow_clients_are_cut_off_and_do_not_block_others() {
     for _ in 0..1000 {
         idle.push(connect(&gw).await);
     }
-    // A legitimate login is unaffected, and fast.
+    // A legitimate login is unaffected: it does not wait for the idle ones' deadline (3 s).
     let started = Instant::now();
     still_serves(&gw, &token).await;
     assert!(
-        started.elapsed() < Duration::from_millis(900),
+        started.elapsed() < Duration::from_secs(2),
         "login took {:?}",
         started.elapsed()
     );
@@ -103,7 +103,7 @@ async fn w5_silent_and_slow_clients_are_cut_off_and_do_not_block_others() {
     let started = Instant::now();
     let pkt = raw::default_startup();
     let mut closed = false;
-    for b in pkt.iter().cycle().take(40) {
+    for b in pkt.iter().cycle().take(80) {
         if drip.write_all(&[*b]).await.is_err() {
             closed = true;
             break;
@@ -118,11 +118,15 @@ async fn w5_silent_and_slow_clients_are_cut_off_and_do_not_block_others() {
         }
     }
     assert!(closed, "a slow-drip handshake was not closed");
-    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "closed after {:?}",
+        started.elapsed()
+    );
 
     // The idle ones were closed by their deadline too.
     let mut buf = [0u8; 1];
-    let n = tokio::time::timeout(Duration::from_secs(5), idle[0].read(&mut buf))
+    let n = tokio::time::timeout(Duration::from_secs(8), idle[0].read(&mut buf))
         .await
         .unwrap()
         .unwrap_or(0);
