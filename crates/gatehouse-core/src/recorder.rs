@@ -19,6 +19,10 @@ use crate::store::{Record, Store};
 const QUEUE_DEPTH: usize = 16 * 1024;
 const MAX_BATCH: usize = 2048;
 const WRITE_ATTEMPTS: u32 = 3;
+/// How long the writer lets records accumulate after the first one arrives. Sessions never
+/// wait for it (they only queue), and it turns a stream of single-record transactions, each
+/// with its thread wake-ups and file locking, into one transaction per window.
+const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(5);
 
 /// Why a record could not be accepted.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -60,6 +64,15 @@ impl Recorder {
 async fn write_loop(store: Store, mut rx: mpsc::Receiver<Record>, healthy: Arc<AtomicBool>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if batch.len() < MAX_BATCH {
+            tokio::time::sleep(GROUP_COMMIT_WINDOW).await;
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;

@@ -31,8 +31,21 @@ pub fn connection_uid(connection: &ConnectionConfig) -> EntityUid {
     uid("Gatehouse::Connection", &connection.name)
 }
 
+/// The uids of every action, parsed once: Cedar's name parser is far too slow for the
+/// per-statement path.
+static ACTION_UIDS: std::sync::LazyLock<Vec<EntityUid>> = std::sync::LazyLock::new(|| {
+    crate::scope::ACTIONS
+        .iter()
+        .map(|a| uid("Gatehouse::Action", a))
+        .collect()
+});
+
 pub fn action_uid(action: &str) -> EntityUid {
-    uid("Gatehouse::Action", action)
+    crate::scope::ACTIONS
+        .iter()
+        .position(|a| *a == action)
+        .map(|i| ACTION_UIDS[i].clone())
+        .unwrap_or_else(|| uid("Gatehouse::Action", action))
 }
 
 fn string(s: &str) -> RestrictedExpression {

@@ -67,6 +67,8 @@ impl Policies {
 pub struct SessionCache {
     policies: Arc<Policies>,
     entities: cedar_policy::Entities,
+    principal_uid: cedar_policy::EntityUid,
+    resource_uid: cedar_policy::EntityUid,
     principal: String,
     groups: Vec<String>,
     subsets: [std::sync::OnceLock<scope::Subset>; scope::ACTIONS.len()],
@@ -131,6 +133,8 @@ impl PolicyEngine {
         SessionCache {
             policies: self.current.load_full(),
             entities: entities::build(identity, connection),
+            principal_uid: entities::principal_uid(identity),
+            resource_uid: entities::connection_uid(connection),
             principal: identity.principal(),
             groups: identity.groups.clone(),
             subsets: Default::default(),
@@ -217,8 +221,8 @@ impl PolicyEngine {
             return internal_denial(action, "unknown action");
         };
         let entities = &cache.entities;
-        let principal = entities::principal_uid(facts.identity);
-        let resource = entities::connection_uid(facts.connection);
+        let principal = &cache.principal_uid;
+        let resource = &cache.resource_uid;
         let action_uid = entities::action_uid(action);
         let evaluate = |context: cedar_policy::Context| {
             Request::new(
