@@ -47,25 +47,6 @@ pub trait Authorizer: Send + Sync {
     }
 }
 
-/// Allows everything. For tests of the relay alone; a gateway always runs a policy engine.
-pub struct AllowAll;
-
-impl Authorizer for AllowAll {
-    fn authorize(&self, _: &SessionHandle, _: &CommandStart) -> Decision {
-        Decision::allow(Vec::new())
-    }
-
-    fn authorize_connect(
-        &self,
-        _: &Identity,
-        _: &ConnectionConfig,
-        _: SocketAddr,
-        _: &str,
-    ) -> Verdict {
-        Verdict::Allow
-    }
-}
-
 /// A verdict and the policies that determined it, as recorded with the command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {

@@ -271,14 +271,19 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                         classification: classification.clone(),
                     };
                     let refusal = match &*classification {
-                        Classification::Refused { reason } => Some(GatewayError::error(
-                            "42501",
-                            format!("Gatehouse refused this statement: {reason}"),
+                        Classification::Refused { reason } => Some((
+                            Decision::deny("gatehouse.classifier", reason.clone()),
+                            GatewayError::error(
+                                "42501",
+                                format!("Gatehouse refused this statement: {reason}"),
+                            ),
                         )),
                         Classification::Statements { statements } if statements.len() > 1 => {
-                            Some(GatewayError::error(
-                                "42601",
-                                "cannot insert multiple commands into a prepared statement",
+                            let message =
+                                "cannot insert multiple commands into a prepared statement";
+                            Some((
+                                Decision::deny("gatehouse.classifier", message),
+                                GatewayError::error("42601", message),
                             ))
                         }
                         Classification::Statements { .. } => None,
@@ -287,13 +292,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                     // statement of that name is gone, as the server would have replaced it.
                     self.statements.remove(name);
                     match refusal {
-                        Some(error) => {
+                        Some((decision, error)) => {
                             let start = CommandStart {
                                 text: prepared.text,
                                 params: None,
                                 classification: Some(classification),
                             };
-                            self.refuse(start, error, false);
+                            self.refuse_decided(start, decision, error, false);
                         }
                         None => {
                             self.statements.insert(name.to_string(), prepared);
