@@ -79,7 +79,16 @@ pub fn build(identity: &Identity, connection: &ConnectionConfig) -> Entities {
     Entities::from_entities(all, None).unwrap_or_else(|_| Entities::empty())
 }
 
-fn common(facts: &RequestFacts<'_>) -> Vec<(String, RestrictedExpression)> {
+/// The client address as a Cedar value. Parsing one costs more than the rest of a decision's
+/// context, so a session parses it once (see `SessionCache`).
+pub fn client_ip(ip: std::net::IpAddr) -> RestrictedExpression {
+    RestrictedExpression::new_ip(ip.to_string())
+}
+
+fn common(
+    facts: &RequestFacts<'_>,
+    ip: Option<&RestrictedExpression>,
+) -> Vec<(String, RestrictedExpression)> {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -89,7 +98,7 @@ fn common(facts: &RequestFacts<'_>) -> Vec<(String, RestrictedExpression)> {
         ("protocol".into(), string(facts.protocol)),
         (
             "client_ip".into(),
-            RestrictedExpression::new_ip(facts.client_ip.to_string()),
+            ip.cloned().unwrap_or_else(|| client_ip(facts.client_ip)),
         ),
         (
             "hour_utc".into(),
@@ -108,15 +117,16 @@ fn common(facts: &RequestFacts<'_>) -> Vec<(String, RestrictedExpression)> {
 }
 
 pub fn session_context(facts: &RequestFacts<'_>) -> Context {
-    Context::from_pairs(common(facts)).unwrap_or_else(|_| Context::empty())
+    Context::from_pairs(common(facts, None)).unwrap_or_else(|_| Context::empty())
 }
 
 pub fn statement_context(
     facts: &RequestFacts<'_>,
+    ip: Option<&RestrictedExpression>,
     statement: &Statement,
     approved: bool,
 ) -> Context {
-    let mut pairs = common(facts);
+    let mut pairs = common(facts, ip);
     pairs.push(("command".into(), string(&statement.command)));
     pairs.push((
         "relations".into(),

@@ -69,12 +69,19 @@ pub struct SessionCache {
     entities: cedar_policy::Entities,
     principal_uid: cedar_policy::EntityUid,
     resource_uid: cedar_policy::EntityUid,
+    /// The session's client address, parsed once, keyed by the address it was parsed from.
+    client_ip: std::sync::OnceLock<(IpAddr, cedar_policy::RestrictedExpression)>,
     principal: String,
     groups: Vec<String>,
     subsets: [std::sync::OnceLock<scope::Subset>; scope::ACTIONS.len()],
 }
 
 impl SessionCache {
+    fn client_ip(&self, ip: IpAddr) -> Option<&cedar_policy::RestrictedExpression> {
+        let (cached, expr) = self.client_ip.get_or_init(|| (ip, entities::client_ip(ip)));
+        (*cached == ip).then_some(expr)
+    }
+
     fn subset(&self, action: &str) -> Option<&scope::Subset> {
         let i = scope::ACTIONS.iter().position(|a| *a == action)?;
         Some(self.subsets[i].get_or_init(|| {
@@ -135,6 +142,7 @@ impl PolicyEngine {
             entities: entities::build(identity, connection),
             principal_uid: entities::principal_uid(identity),
             resource_uid: entities::connection_uid(connection),
+            client_ip: std::sync::OnceLock::new(),
             principal: identity.principal(),
             groups: identity.groups.clone(),
             subsets: Default::default(),
@@ -192,7 +200,12 @@ impl PolicyEngine {
                 cache,
                 facts,
                 action,
-                entities::statement_context(facts, statement, false),
+                entities::statement_context(
+                    facts,
+                    cache.client_ip(facts.client_ip),
+                    statement,
+                    false,
+                ),
                 Some(statement),
             );
             match &e.verdict {
@@ -255,7 +268,12 @@ impl PolicyEngine {
         }
         // Denied as it stands. Would an approval change that?
         if let Some(statement) = statement.filter(|_| subset.may_review) {
-            let approved = entities::statement_context(facts, statement, true);
+            let approved = entities::statement_context(
+                facts,
+                cache.client_ip(facts.client_ip),
+                statement,
+                true,
+            );
             if let Ok(r) = evaluate(approved)
                 && r.decision() == CedarDecision::Allow
             {
