@@ -249,6 +249,10 @@ fn check_reports_every_problem_with_its_place() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("GATEHOUSE_TEST_SURELY_UNSET"), "{err}");
     assert!(err.contains("warning: connections[0].tls"), "{err}");
+    assert!(
+        err.contains("warning: policy.files"),
+        "no policy configured must be warned about: {err}"
+    );
 
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/gatehouse.toml");
     let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))

@@ -476,6 +476,37 @@ async fn policies_reload_on_change_and_a_bad_file_keeps_the_old_ones() {
     denied_by(&c, "create table reload_x (a int)", "gatehouse.no-permit").await;
 }
 
+#[tokio::test]
+async fn sighup_reloads_policies_at_once() {
+    table("hup_t", 1);
+    let read_only = "@id(\"r\") permit(principal, action in [Gatehouse::Action::\"connect\", Gatehouse::Action::\"read\"], resource);";
+    let gw = Gateway::start_with(GatewayOptions {
+        policies: vec![("p.cedar".into(), read_only.into())],
+        policy_reload_interval: Some("1h".into()),
+        ..Default::default()
+    });
+    let agent = gw.token("agent", &[]);
+    let c = client(&gw, "appdb", &agent).await;
+    std::fs::write(
+        gw.dir.path().join("policies/p.cedar"),
+        format!("{read_only}\n@id(\"w\") permit(principal, action == Gatehouse::Action::\"write\", resource);"),
+    )
+    .unwrap();
+    // Without a signal nothing changes for an hour.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    denied_by(&c, "insert into hup_t values (2)", "gatehouse.no-permit").await;
+    gw.signal("HUP");
+    let mut allowed = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if c.simple_query("insert into hup_t values (2)").await.is_ok() {
+            allowed = true;
+            break;
+        }
+    }
+    assert!(allowed, "SIGHUP did not reload the policies:\n{}", gw.log());
+}
+
 #[test]
 fn policy_check_and_explain() {
     let gw = with_examples();

@@ -292,6 +292,8 @@ pub struct GatewayOptions {
     pub policies: Vec<(String, String)>,
     /// Configure no policy files at all (the built-in administrators-only policy).
     pub no_policy: bool,
+    /// How often policy files are checked for changes (default 200ms).
+    pub policy_reload_interval: Option<String>,
 }
 
 /// A running `gatehouse serve`, stopped when dropped.
@@ -325,7 +327,10 @@ impl Gateway {
         let policy_section = if options.no_policy {
             String::new()
         } else {
-            "[policy]\nfiles = [\"policies/*.cedar\"]\nreload_interval = \"200ms\"\n".to_string()
+            format!(
+                "[policy]\nfiles = [\"policies/*.cedar\"]\nreload_interval = \"{}\"\n",
+                options.policy_reload_interval.as_deref().unwrap_or("200ms")
+            )
         };
         let config = format!(
             r#"
@@ -580,6 +585,18 @@ password = "env:GH_TEST_WRONG_PASSWORD"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+impl Gateway {
+    /// Sends a signal to the gateway process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill is installed");
+        assert!(status.success());
     }
 }
 
