@@ -59,6 +59,17 @@ impl Authenticator {
         Ok(identity_of(&row))
     }
 
+    /// Checks that the token behind `identity` is still usable (not revoked, not expired).
+    /// Sessions call this periodically, so revocation reaches live sessions.
+    pub async fn recheck(&self, identity: &Identity) -> Result<(), AuthError> {
+        let row = self
+            .store
+            .get_token(&identity.token_id)
+            .await?
+            .ok_or(AuthError::Unknown)?;
+        check_usable(&row)
+    }
+
     /// Creates a service-account token for `account` with `groups`.
     pub async fn issue(
         &self,

@@ -63,6 +63,9 @@ pub struct ServerConfig {
     pub max_pending_handshakes: usize,
     /// Largest client message the gateway accepts (Query, Parse, Bind, ...).
     pub max_message_bytes: usize,
+    /// How often a live session re-checks its credential, so that a revoked or expired token
+    /// ends the session within this time.
+    pub credential_recheck_interval: Duration,
 }
 
 /// `[store]`: where sessions, statements and tokens are kept.
@@ -268,6 +271,8 @@ struct RawServer {
     upstream_connect_timeout: Option<Duration>,
     max_pending_handshakes: Option<usize>,
     max_message_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    credential_recheck_interval: Option<Duration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -431,6 +436,10 @@ impl RawConfig {
                     .unwrap_or(Duration::from_secs(10)),
                 max_pending_handshakes: self.server.max_pending_handshakes.unwrap_or(4096),
                 max_message_bytes,
+                credential_recheck_interval: self
+                    .server
+                    .credential_recheck_interval
+                    .unwrap_or(Duration::from_secs(5)),
             },
             store: StoreConfig { url: store_url },
             policy: PolicyConfig {

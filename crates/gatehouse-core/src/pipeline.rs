@@ -227,6 +227,7 @@ impl Pipeline {
             .session_state(&start.identity, &start.connection);
         Ok(SessionHandle {
             id,
+            authenticator: self.authenticator.clone(),
             authorizer_state,
             protocol: start.protocol,
             client_addr: start.client_addr,
@@ -242,6 +243,7 @@ impl Pipeline {
 #[derive(Clone)]
 pub struct SessionHandle {
     id: Arc<str>,
+    authenticator: Authenticator,
     authorizer_state: Option<Arc<dyn Any + Send + Sync>>,
     protocol: &'static str,
     client_addr: SocketAddr,
@@ -254,6 +256,12 @@ pub struct SessionHandle {
 impl SessionHandle {
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Is the session's credential still valid? A revoked or expired token must end the
+    /// session, not only be refused at the next connect.
+    pub async fn check_credential(&self) -> Result<(), AuthError> {
+        self.authenticator.recheck(&self.identity).await
     }
 
     /// What the authorizer keeps for this session (see [`Authorizer::session_state`]).

@@ -261,6 +261,14 @@ impl Store {
         row.map(|r| token_from_row(&r)).transpose()
     }
 
+    pub async fn get_token(&self, id: &str) -> Result<Option<TokenRow>, StoreError> {
+        let row = sqlx::query("SELECT * FROM service_tokens WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| token_from_row(&r)).transpose()
+    }
+
     pub async fn list_tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
         sqlx::query("SELECT * FROM service_tokens ORDER BY created_at")
             .fetch_all(&self.pool)

@@ -16,6 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use gatehouse_core::auth::AuthError;
 use gatehouse_core::classify::{Classification, Statement};
 use gatehouse_core::pipeline::{
     CommandStart, Completion, Decision, Denial, InFlight, ReviewNeeded, SessionHandle, Verdict,
@@ -36,6 +37,8 @@ pub enum EndReason {
     ServerClosed,
     ProtocolViolation(String),
     RecordingFailed,
+    /// The session's token was revoked or expired while it ran.
+    CredentialInvalid(String),
     Io(String),
 }
 
@@ -47,6 +50,7 @@ impl EndReason {
             EndReason::ServerClosed => "server_closed".into(),
             EndReason::ProtocolViolation(m) => format!("protocol_violation: {m}"),
             EndReason::RecordingFailed => "recording_failed".into(),
+            EndReason::CredentialInvalid(m) => format!("credential_invalid: {m}"),
             EndReason::Io(m) => format!("io_error: {m}"),
         }
     }
@@ -74,6 +78,8 @@ enum Expect {
 #[derive(Clone, Copy)]
 pub struct RelayLimits {
     pub max_message_bytes: usize,
+    /// How often the session's credential is checked again.
+    pub credential_recheck: std::time::Duration,
 }
 
 /// Relays until either side ends, then records any command left without an answer.
@@ -122,12 +128,37 @@ where
         simple_rows: 0,
         simple_error: None,
     };
+    let checker = downstream.session.clone();
     let reason = tokio::select! {
         r = upstream.run() => r,
         r = downstream.run() => r,
+        r = recheck_credential(&checker, limits.credential_recheck) => r,
     };
+    if let EndReason::CredentialInvalid(why) = &reason {
+        let error = GatewayError::fatal("28000", format!("Gatehouse ended this session: {why}"))
+            .with_hint("connect again with a valid token");
+        error.encode(&mut downstream.out);
+    }
     downstream.abandon_pending().await;
     reason
+}
+
+/// Ends the session when its token is revoked or expires. A store that cannot be reached does
+/// not end sessions (the recorder refuses commands then); it is retried at the next interval.
+async fn recheck_credential(session: &SessionHandle, every: std::time::Duration) -> EndReason {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match session.check_credential().await {
+            Ok(()) => {}
+            Err(AuthError::Unavailable(e)) => {
+                tracing::warn!(error = %e, "cannot re-check the session's credential; will retry");
+            }
+            Err(e) => return EndReason::CredentialInvalid(e.to_string()),
+        }
+    }
 }
 
 // ---- client to server -------------------------------------------------------------------------

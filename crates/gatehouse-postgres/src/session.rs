@@ -384,6 +384,7 @@ async fn start_session(
 
     let limits = RelayLimits {
         max_message_bytes: ctx.pipeline.config().server.max_message_bytes,
+        credential_recheck: ctx.pipeline.config().server.credential_recheck_interval,
     };
     let reason = relay::relay(stream, upstream.stream, session.clone(), limits).await;
     drop(cancel_key);

@@ -425,3 +425,64 @@ async fn startup_and_collect(gw: &Gateway, token: &str) -> RawSession {
         backend_key_pid,
     }
 }
+
+#[tokio::test]
+async fn revocation_and_expiry_end_live_sessions() {
+    let gw = Gateway::start_with(common::GatewayOptions {
+        server_extra: "credential_recheck_interval = \"200ms\"".into(),
+        ..Default::default()
+    });
+    let token = gw.token("live", &[]);
+    let mut config = driver_config(&gw, "appdb", &token);
+    config.application_name("revoked-live");
+    let (client, conn) = config.connect(NoTls).await.unwrap();
+    let conn = tokio::spawn(conn);
+    client.simple_query("select 1").await.unwrap();
+
+    gw.cli_ok(&["token", "revoke", "live"]);
+    // The connection ends by itself with a clear error; no new statement is needed.
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("the session was not ended after revocation")
+        .unwrap();
+    let err = ended.expect_err("the server side ended the session with an error");
+    let db = err.as_db_error().unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(db.code().code(), "28000");
+    assert!(db.message().contains("revoked"), "{}", db.message());
+    assert!(client.simple_query("select 1").await.is_err());
+
+    // A token that expires mid-session ends it too.
+    let short = gw.cli_ok(&["token", "create", "--name", "short", "--ttl", "2s"]);
+    let (client, conn) = driver_config(&gw, "appdb", short.trim())
+        .connect(NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    client.simple_query("select 1").await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(6), conn)
+        .await
+        .expect("the session outlived its token")
+        .unwrap()
+        .expect_err("ended with an error");
+    assert!(
+        err.as_db_error().unwrap().message().contains("expired"),
+        "{err}"
+    );
+
+    let session = gw.wait_for("the end reason to be recorded", || {
+        let list = gw.cli_json(&["sessions", "list"]);
+        list["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["application_name"] == "revoked-live" && !s["ended_at"].is_null())
+            .cloned()
+    });
+    assert!(
+        session["end_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("credential_invalid"),
+        "{session}"
+    );
+}
