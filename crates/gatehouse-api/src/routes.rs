@@ -58,9 +58,14 @@ impl FromRequestParts<ApiState> for Caller {
         let token = header.strip_prefix("Bearer ").ok_or_else(|| {
             ApiError::unauthenticated("the Authorization header must be `Bearer <token>`")
         })?;
+        let client = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip())
+            .ok_or_else(|| ApiError::internal("the peer address is unknown"))?;
         state
             .auth
-            .authenticate(token.trim())
+            .authenticate(token.trim(), client)
             .await
             .map(Caller)
             .map_err(|e| ApiError::unauthenticated(e.to_string()))
@@ -95,6 +100,9 @@ struct CreateToken {
     groups: Vec<String>,
     /// A duration such as "30d" or "12h".
     ttl: Option<String>,
+    /// Source networks (CIDR or single addresses) the token may be used from.
+    #[serde(default)]
+    allowed_networks: Vec<String>,
 }
 
 async fn create_token(
@@ -125,9 +133,14 @@ async fn create_token(
             })
         })
         .transpose()?;
+    let networks = req
+        .allowed_networks
+        .iter()
+        .map(|n| gatehouse_core::auth::parse_network(n).map_err(ApiError::bad_request))
+        .collect::<Result<Vec<_>, _>>()?;
     let issued = state
         .auth
-        .issue(&req.name, req.groups, ttl, &caller.0.principal())
+        .issue(&req.name, req.groups, ttl, networks, &caller.0.principal())
         .await
         .map_err(ApiError::internal)?;
     tracing::info!(account = %issued.row.account, id = %issued.row.id, by = %caller.0.principal(), "token created");

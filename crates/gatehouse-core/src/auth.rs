@@ -24,6 +24,10 @@ pub enum AuthError {
     Revoked,
     #[error("the Gatehouse token has expired; create a new one with `gatehouse token create`")]
     Expired,
+    #[error(
+        "the Gatehouse token may not be used from {0}; ask an administrator to allow your network"
+    )]
+    NetworkNotAllowed(std::net::IpAddr),
     #[error("the gateway cannot check tokens right now; try again shortly")]
     Unavailable(#[from] StoreError),
 }
@@ -45,8 +49,12 @@ impl Authenticator {
         Authenticator { store }
     }
 
-    /// Verifies a presented credential.
-    pub async fn authenticate(&self, credential: &str) -> Result<Identity, AuthError> {
+    /// Verifies a credential presented from `client`.
+    pub async fn authenticate(
+        &self,
+        credential: &str,
+        client: std::net::IpAddr,
+    ) -> Result<Identity, AuthError> {
         if !tokens::is_well_formed(credential) {
             return Err(AuthError::Malformed);
         }
@@ -56,6 +64,9 @@ impl Authenticator {
             .await?
             .ok_or(AuthError::Unknown)?;
         check_usable(&row)?;
+        if !network_allowed(&row.allowed_networks, client) {
+            return Err(AuthError::NetworkNotAllowed(client));
+        }
         Ok(identity_of(&row))
     }
 
@@ -76,6 +87,7 @@ impl Authenticator {
         account: &str,
         groups: Vec<String>,
         ttl: Option<Duration>,
+        allowed_networks: Vec<ipnet::IpNet>,
         created_by: &str,
     ) -> Result<IssuedToken, StoreError> {
         let new = tokens::generate();
@@ -90,6 +102,10 @@ impl Authenticator {
             created_by: created_by.to_string(),
             expires_at: ttl.map(|d| add(now, d)),
             revoked_at: None,
+            allowed_networks: allowed_networks
+                .iter()
+                .map(|n| n.trunc().to_string())
+                .collect(),
         };
         self.store.insert_token(&row).await?;
         Ok(IssuedToken {
@@ -97,6 +113,32 @@ impl Authenticator {
             value: new.value,
         })
     }
+}
+
+/// Parses a network as CIDR (`10.0.0.0/8`) or a single address (`192.0.2.7`).
+pub fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("\"{text}\" is not a network such as 10.0.0.0/8 or an address"))
+}
+
+/// `true` when `client` is inside one of `networks` (or the list is empty). IPv4 clients that
+/// arrive as IPv4-mapped IPv6 addresses are matched as IPv4.
+fn network_allowed(networks: &[String], client: std::net::IpAddr) -> bool {
+    if networks.is_empty() {
+        return true;
+    }
+    let client = match client {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(std::net::IpAddr::V4)
+            .unwrap_or(client),
+        v4 => v4,
+    };
+    networks
+        .iter()
+        .filter_map(|n| n.parse::<ipnet::IpNet>().ok())
+        .any(|n| n.contains(&client))
 }
 
 fn check_usable(row: &TokenRow) -> Result<(), AuthError> {
@@ -125,6 +167,36 @@ fn identity_of(row: &TokenRow) -> Identity {
 mod tests {
     use super::*;
 
+    const LOCAL: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[tokio::test]
+    async fn a_token_can_be_limited_to_source_networks() {
+        let (_dir, store) = store().await;
+        let auth = Authenticator::new(store);
+        let nets = vec![
+            parse_network("10.0.0.0/8").unwrap(),
+            parse_network("192.0.2.7").unwrap(),
+        ];
+        let issued = auth
+            .issue("netbot", vec![], None, nets, "test")
+            .await
+            .unwrap();
+        assert_eq!(
+            issued.row.allowed_networks,
+            vec!["10.0.0.0/8", "192.0.2.7/32"]
+        );
+        let ok: std::net::IpAddr = "10.9.8.7".parse().unwrap();
+        let mapped: std::net::IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert!(auth.authenticate(&issued.value, ok).await.is_ok());
+        assert!(auth.authenticate(&issued.value, mapped).await.is_ok());
+        assert!(matches!(
+            auth.authenticate(&issued.value, LOCAL).await,
+            Err(AuthError::NetworkNotAllowed(_))
+        ));
+        assert!(parse_network("10.0.0.0/33").is_err());
+        assert!(parse_network("nope").is_err());
+    }
+
     async fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
@@ -137,10 +209,10 @@ mod tests {
         let (_dir, store) = store().await;
         let auth = Authenticator::new(store.clone());
         let issued = auth
-            .issue("ci-bot", vec!["agents".into()], None, "test")
+            .issue("ci-bot", vec!["agents".into()], None, vec![], "test")
             .await
             .unwrap();
-        let who = auth.authenticate(&issued.value).await.unwrap();
+        let who = auth.authenticate(&issued.value, LOCAL).await.unwrap();
         assert_eq!(who.subject, "ci-bot");
         assert_eq!(who.groups, vec!["agents"]);
         assert_eq!(who.kind, IdentityKind::Service);
@@ -150,7 +222,7 @@ mod tests {
             1
         );
         assert!(matches!(
-            auth.authenticate(&issued.value).await,
+            auth.authenticate(&issued.value, LOCAL).await,
             Err(AuthError::Revoked)
         ));
     }
@@ -160,20 +232,26 @@ mod tests {
         let (_dir, store) = store().await;
         let auth = Authenticator::new(store);
         let issued = auth
-            .issue("short", vec![], Some(Duration::from_micros(1)), "test")
+            .issue(
+                "short",
+                vec![],
+                Some(Duration::from_micros(1)),
+                vec![],
+                "test",
+            )
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(2)).await;
         assert!(matches!(
-            auth.authenticate(&issued.value).await,
+            auth.authenticate(&issued.value, LOCAL).await,
             Err(AuthError::Expired)
         ));
         assert!(matches!(
-            auth.authenticate(&tokens::generate().value).await,
+            auth.authenticate(&tokens::generate().value, LOCAL).await,
             Err(AuthError::Unknown)
         ));
         assert!(matches!(
-            auth.authenticate("hunter2").await,
+            auth.authenticate("hunter2", LOCAL).await,
             Err(AuthError::Malformed)
         ));
     }
@@ -182,7 +260,7 @@ mod tests {
     async fn the_store_never_holds_the_token() {
         let (dir, store) = store().await;
         let auth = Authenticator::new(store.clone());
-        let issued = auth.issue("a", vec![], None, "test").await.unwrap();
+        let issued = auth.issue("a", vec![], None, vec![], "test").await.unwrap();
         drop(store);
         drop(auth);
         for entry in std::fs::read_dir(dir.path()).unwrap() {

@@ -178,8 +178,12 @@ impl Pipeline {
     }
 
     /// Step 1: who is this? Accepts any credential the gateway trusts.
-    pub async fn authenticate(&self, credential: &str) -> Result<Identity, AuthError> {
-        self.authenticator.authenticate(credential).await
+    pub async fn authenticate(
+        &self,
+        credential: &str,
+        client: std::net::IpAddr,
+    ) -> Result<Identity, AuthError> {
+        self.authenticator.authenticate(credential, client).await
     }
 
     /// The named connection, if it exists. Callers must not reveal other names.

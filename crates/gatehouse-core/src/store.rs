@@ -78,7 +78,28 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ALTER TABLE statements ADD COLUMN policies TEXT;
     "#,
     ),
+    (
+        3,
+        r#"
+    ALTER TABLE service_tokens ADD COLUMN allowed_networks TEXT;
+    "#,
+    ),
 ];
+
+/// Columns read for a token; named, never `*`, so a schema change cannot shift them. Macros,
+/// so queries stay `&'static str` (sqlx refuses SQL built at run time).
+macro_rules! token_columns {
+    () => {
+        "id, account, groups, token_hash, hint, created_at, created_by, expires_at, revoked_at, allowed_networks"
+    };
+}
+macro_rules! session_columns {
+    () => {
+        "s.id, s.protocol, s.connection, s.principal, s.display_name, s.identity_kind, s.groups, \
+         s.token_id, s.client_addr, s.application_name, s.started_at, s.ended_at, s.end_reason, \
+         (SELECT COUNT(*) FROM statements t WHERE t.session_id = s.id) AS statement_count"
+    };
+}
 
 /// A service-account token as stored (never the token itself).
 #[derive(Debug, Clone, Serialize)]
@@ -96,6 +117,8 @@ pub struct TokenRow {
     pub expires_at: Option<Micros>,
     #[serde(with = "crate::time::rfc3339::option")]
     pub revoked_at: Option<Micros>,
+    /// Source networks (CIDR) the token may be used from; empty means anywhere.
+    pub allowed_networks: Vec<String>,
 }
 
 /// One client session through the gateway.
@@ -197,13 +220,23 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5));
+        // Migrate on a connection of its own, before the pool exists, so that no pooled
+        // connection ever holds statements prepared against an older schema.
+        let migrator = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        Store {
+            pool: migrator.clone(),
+        }
+        .migrate()
+        .await?;
+        migrator.close().await;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
             .await?;
-        let store = Store { pool };
-        store.migrate().await?;
-        Ok(store)
+        Ok(Store { pool })
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -236,8 +269,8 @@ impl Store {
 
     pub async fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO service_tokens (id, account, groups, token_hash, hint, created_at, created_by, expires_at, revoked_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO service_tokens (id, account, groups, token_hash, hint, created_at, created_by, expires_at, revoked_at, allowed_networks)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&t.id)
         .bind(&t.account)
@@ -248,34 +281,47 @@ impl Store {
         .bind(&t.created_by)
         .bind(t.expires_at)
         .bind(t.revoked_at)
+        .bind(to_json(&t.allowed_networks))
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
     pub async fn find_token(&self, hash: &TokenHash) -> Result<Option<TokenRow>, StoreError> {
-        let row = sqlx::query("SELECT * FROM service_tokens WHERE token_hash = $1")
-            .bind(&hash.0[..])
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            token_columns!(),
+            " FROM service_tokens WHERE token_hash = $1"
+        ))
+        .bind(&hash.0[..])
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| token_from_row(&r)).transpose()
     }
 
     pub async fn get_token(&self, id: &str) -> Result<Option<TokenRow>, StoreError> {
-        let row = sqlx::query("SELECT * FROM service_tokens WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            token_columns!(),
+            " FROM service_tokens WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| token_from_row(&r)).transpose()
     }
 
     pub async fn list_tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
-        sqlx::query("SELECT * FROM service_tokens ORDER BY created_at")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(token_from_row)
-            .collect()
+        sqlx::query(concat!(
+            "SELECT ",
+            token_columns!(),
+            " FROM service_tokens ORDER BY created_at"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(token_from_row)
+        .collect()
     }
 
     /// Revokes the token with id `selector`, or every live token of the account so named.
@@ -358,10 +404,11 @@ impl Store {
 
     /// The newest sessions first.
     pub async fn list_sessions(&self, limit: i64) -> Result<Vec<SessionRow>, StoreError> {
-        sqlx::query(
-            "SELECT s.*, (SELECT COUNT(*) FROM statements t WHERE t.session_id = s.id) AS statement_count
-             FROM sessions s ORDER BY s.started_at DESC LIMIT $1",
-        )
+        sqlx::query(concat!(
+            "SELECT ",
+            session_columns!(),
+            " FROM sessions s ORDER BY s.started_at DESC LIMIT $1"
+        ))
         .bind(limit)
         .fetch_all(&self.pool)
         .await?
@@ -371,10 +418,11 @@ impl Store {
     }
 
     pub async fn get_session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
-        let row = sqlx::query(
-            "SELECT s.*, (SELECT COUNT(*) FROM statements t WHERE t.session_id = s.id) AS statement_count
-             FROM sessions s WHERE s.id = $1",
-        )
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            session_columns!(),
+            " FROM sessions s WHERE s.id = $1"
+        ))
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
@@ -382,7 +430,8 @@ impl Store {
     }
 
     pub async fn list_statements(&self, session_id: &str) -> Result<Vec<StatementRow>, StoreError> {
-        sqlx::query("SELECT * FROM statements WHERE session_id = $1 ORDER BY seq")
+        sqlx::query("SELECT session_id, seq, started_at, duration_us, text, params, rows, outcome, sqlstate, decision, policies
+             FROM statements WHERE session_id = $1 ORDER BY seq")
             .bind(session_id)
             .fetch_all(&self.pool)
             .await?
@@ -442,6 +491,12 @@ fn token_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TokenRow, StoreError> {
         created_by: r.try_get("created_by")?,
         expires_at: r.try_get("expires_at")?,
         revoked_at: r.try_get("revoked_at")?,
+        allowed_networks: r
+            .try_get::<Option<String>, _>("allowed_networks")?
+            .map(|n| serde_json::from_str(&n))
+            .transpose()
+            .map_err(|_| StoreError::Corrupt("service_tokens.allowed_networks"))?
+            .unwrap_or_default(),
     })
 }
 

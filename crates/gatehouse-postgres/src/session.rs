@@ -109,7 +109,7 @@ pub async fn handle(tcp: TcpStream, addr: SocketAddr, ctx: Arc<PgContext>) {
                     startup,
                     password,
                 } = login;
-                let identity = match ctx.pipeline.authenticate(&password).await {
+                let identity = match ctx.pipeline.authenticate(&password, addr.ip()).await {
                     Ok(i) => i,
                     Err(e) => {
                         let _ =

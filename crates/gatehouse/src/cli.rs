@@ -106,6 +106,10 @@ pub enum TokenCommand {
         /// Lifetime, such as 30d or 12h (default: no expiry).
         #[arg(long)]
         ttl: Option<String>,
+        /// A source network (CIDR, or one address) the token may be used from (repeatable;
+        /// default: anywhere).
+        #[arg(long = "allow-network")]
+        allow_networks: Vec<String>,
         #[command(flatten)]
         api: ApiArgs,
     },

@@ -141,12 +141,13 @@ fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             name,
             groups,
             ttl,
+            allow_networks,
             api,
         } => {
             let client = ApiClient::new(&api)?;
             let created = client.post(
                 "/api/v1/tokens",
-                &json!({ "name": name, "groups": groups, "ttl": ttl }),
+                &json!({ "name": name, "groups": groups, "ttl": ttl, "allowed_networks": allow_networks }),
             )?;
             if api.format == Format::Json {
                 print_json(&created)?;
@@ -189,6 +190,7 @@ fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                         text(&t["hint"]),
                         text(&t["created_at"]),
                         text(&t["expires_at"]),
+                        text(&t["allowed_networks"]),
                         status.to_string(),
                     ]
                 })
@@ -197,7 +199,8 @@ fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 "{}",
                 table::render(
                     &[
-                        "ID", "ACCOUNT", "GROUPS", "TOKEN", "CREATED", "EXPIRES", "STATUS"
+                        "ID", "ACCOUNT", "GROUPS", "TOKEN", "CREATED", "EXPIRES", "NETWORKS",
+                        "STATUS"
                     ],
                     &rows
                 )

@@ -17,12 +17,16 @@ use tokio::net::TcpListener;
 
 /// The file holding the bootstrap admin token, inside the data directory.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// The file naming the addresses the gateway listens on, written once it listens.
+pub const LISTEN_FILE: &str = "listen.json";
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let data_dir = &config.server.data_dir;
     fsutil::create_private_dir(data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    // A stale file from an earlier run must not point tools at the wrong ports.
+    let _ = std::fs::remove_file(data_dir.join(LISTEN_FILE));
 
     let store = Store::open(&config.store.url)
         .await
@@ -72,6 +76,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 config.server.api_listen
             )
         })?;
+    // Where the gateway really listens (a configured port 0 picks a free one), for tools.
+    let listening = serde_json::json!({
+        "postgres": pg_listener.local_addr()?.to_string(),
+        "api": api_listener.local_addr()?.to_string(),
+    });
+    fsutil::write_private(
+        &data_dir.join(LISTEN_FILE),
+        format!("{listening}\n").as_bytes(),
+    )
+    .with_context(|| format!("cannot write {}", data_dir.join(LISTEN_FILE).display()))?;
     tracing::info!(
         postgres = %pg_listener.local_addr()?,
         api = %format!("http://{}", api_listener.local_addr()?),
@@ -109,7 +123,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 async fn ensure_admin_token(auth: &Authenticator, data_dir: &Path) -> anyhow::Result<()> {
     let path = data_dir.join(ADMIN_TOKEN_FILE);
     if let Ok(existing) = std::fs::read_to_string(&path)
-        && auth.authenticate(existing.trim()).await.is_ok()
+        && auth
+            .authenticate(existing.trim(), std::net::Ipv4Addr::LOCALHOST.into())
+            .await
+            .is_ok()
     {
         return Ok(());
     }
@@ -118,6 +135,7 @@ async fn ensure_admin_token(auth: &Authenticator, data_dir: &Path) -> anyhow::Re
             "admin",
             vec![ADMIN_GROUP.to_string()],
             None,
+            vec![],
             "gatehouse/bootstrap",
         )
         .await

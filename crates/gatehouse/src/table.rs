@@ -5,6 +5,9 @@ pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
+            if i >= widths.len() {
+                widths.push(0);
+            }
             widths[i] = widths[i].max(cell.chars().count());
         }
     }
@@ -56,6 +59,12 @@ mod tests {
     fn columns_line_up() {
         let t = render(&["A", "BBB"], &[vec!["xx".into(), "y".into()]]);
         assert_eq!(t, "A   BBB\nxx  y\n");
+    }
+
+    #[test]
+    fn rows_wider_than_the_headers_do_not_panic() {
+        let t = render(&["A"], &[vec!["x".into(), "extra".into()]]);
+        assert!(t.contains("extra"));
     }
 
     #[test]

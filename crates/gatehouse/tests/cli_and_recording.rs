@@ -265,3 +265,64 @@ fn check_reports_every_problem_with_its_place() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn a_token_limited_to_networks_works_only_from_them() {
+    let gw = Gateway::start();
+    let elsewhere = gw.cli_ok(&[
+        "token",
+        "create",
+        "--name",
+        "dc-bot",
+        "--allow-network",
+        "10.0.0.0/8",
+    ]);
+    let here = gw.cli_ok(&[
+        "token",
+        "create",
+        "--name",
+        "local-bot",
+        "--allow-network",
+        "127.0.0.0/8",
+        "--allow-network",
+        "::1",
+    ]);
+
+    let err = driver_config(&gw, "appdb", elsewhere.trim())
+        .connect(NoTls)
+        .await
+        .err()
+        .expect("refused");
+    let db = err.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "28P01");
+    assert!(
+        db.message().contains("may not be used from 127.0.0.1"),
+        "{}",
+        db.message()
+    );
+    let (client, conn) = driver_config(&gw, "appdb", here.trim())
+        .connect(NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client.simple_query("select 1").await.unwrap();
+
+    // The API applies the same rule.
+    let out = gw.cli_as(elsewhere.trim(), &["whoami"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("may not be used from"));
+    assert!(gw.cli_as(here.trim(), &["whoami"]).status.success());
+
+    let listing = gw.cli_ok(&["token", "list"]);
+    assert!(listing.contains("10.0.0.0/8"), "{listing}");
+    let bad = gw.cli(&[
+        "token",
+        "create",
+        "--name",
+        "x",
+        "--allow-network",
+        "10.0.0.0/33",
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a network"));
+}

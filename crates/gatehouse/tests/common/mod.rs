@@ -313,8 +313,6 @@ impl Gateway {
     pub fn start_with(options: GatewayOptions) -> Gateway {
         let cluster = cluster();
         let dir = tempfile::tempdir().unwrap();
-        let pg_port = free_port();
-        let api_port = free_port();
         std::fs::create_dir_all(dir.path().join("policies")).unwrap();
         let policies = if options.policies.is_empty() {
             vec![("allow-all.cedar".to_string(), ALLOW_ALL.to_string())]
@@ -336,8 +334,8 @@ impl Gateway {
             r#"
 [server]
 data_dir = "data"
-api_listen = "127.0.0.1:{api_port}"
-postgres_listen = "127.0.0.1:{pg_port}"
+api_listen = "127.0.0.1:0"
+postgres_listen = "127.0.0.1:0"
 {server_extra}
 
 {policy_section}
@@ -446,8 +444,8 @@ password = "env:GH_TEST_WRONG_PASSWORD"
         let mut gw = Gateway {
             child,
             dir,
-            pg_port,
-            api_port,
+            pg_port: 0,
+            api_port: 0,
             admin_token: String::new(),
         };
         gw.wait_ready();
@@ -458,15 +456,25 @@ password = "env:GH_TEST_WRONG_PASSWORD"
         gw
     }
 
+    /// Waits for the gateway to write where it listens (it binds port 0, so parallel tests
+    /// never race for a port).
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("gatehouse exited early ({status}):\n{}", self.log());
             }
-            let api = std::net::TcpStream::connect(("127.0.0.1", self.api_port)).is_ok();
-            let pg = std::net::TcpStream::connect(("127.0.0.1", self.pg_port)).is_ok();
-            if api && pg && self.dir.path().join("data/admin.token").exists() {
+            let listen = std::fs::read_to_string(self.dir.path().join("data/listen.json"))
+                .unwrap_or_default();
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&listen) {
+                let port = |k: &str| -> u16 {
+                    v[k].as_str()
+                        .and_then(|a| a.rsplit(':').next())
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or(0)
+                };
+                self.pg_port = port("postgres");
+                self.api_port = port("api");
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
