@@ -66,6 +66,9 @@ pub struct ServerConfig {
     /// How often a live session re-checks its credential, so that a revoked or expired token
     /// ends the session within this time.
     pub credential_recheck_interval: Duration,
+    /// How long a client may keep a transaction open without sending anything before the
+    /// gateway ends the session (the server rolls the transaction back). `None`: no limit.
+    pub idle_in_transaction_timeout: Option<Duration>,
 }
 
 /// `[store]`: where sessions, statements and tokens are kept.
@@ -273,6 +276,8 @@ struct RawServer {
     max_message_bytes: Option<usize>,
     #[serde(default, deserialize_with = "opt_duration")]
     credential_recheck_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    idle_in_transaction_timeout: Option<Duration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -440,6 +445,12 @@ impl RawConfig {
                     .server
                     .credential_recheck_interval
                     .unwrap_or(Duration::from_secs(5)),
+                // "0s" turns the limit off.
+                idle_in_transaction_timeout: match self.server.idle_in_transaction_timeout {
+                    Some(d) if d.is_zero() => None,
+                    Some(d) => Some(d),
+                    None => Some(Duration::from_secs(600)),
+                },
             },
             store: StoreConfig { url: store_url },
             policy: PolicyConfig {

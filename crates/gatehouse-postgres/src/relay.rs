@@ -14,6 +14,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use gatehouse_core::auth::AuthError;
@@ -39,6 +40,8 @@ pub enum EndReason {
     RecordingFailed,
     /// The session's token was revoked or expired while it ran.
     CredentialInvalid(String),
+    /// The client left a transaction open and idle for too long.
+    IdleInTransaction,
     Io(String),
 }
 
@@ -51,6 +54,7 @@ impl EndReason {
             EndReason::ProtocolViolation(m) => format!("protocol_violation: {m}"),
             EndReason::RecordingFailed => "recording_failed".into(),
             EndReason::CredentialInvalid(m) => format!("credential_invalid: {m}"),
+            EndReason::IdleInTransaction => "idle_in_transaction_timeout".into(),
             EndReason::Io(m) => format!("io_error: {m}"),
         }
     }
@@ -80,6 +84,9 @@ pub struct RelayLimits {
     pub max_message_bytes: usize,
     /// How often the session's credential is checked again.
     pub credential_recheck: std::time::Duration,
+    /// How long a client may leave a transaction open without sending anything; `None` for
+    /// no limit.
+    pub idle_in_transaction: Option<std::time::Duration>,
 }
 
 /// Relays until either side ends, then records any command left without an answer.
@@ -96,6 +103,9 @@ where
     let (client_read, client_write) = tokio::io::split(client);
     let (server_read, server_write) = tokio::io::split(server);
     let (expect_tx, expect_rx) = mpsc::unbounded_channel();
+    // The transaction status of the last ReadyForQuery ('I', 'T' or 'E'), written by the
+    // server side, read by the client side when it waits for input.
+    let status = Arc::new(AtomicU8::new(b'I'));
     let poison: Arc<str> = format!(
         "gatehouse_refused_{}",
         hex::encode(rand::random::<[u8; 8]>())
@@ -115,6 +125,8 @@ where
         seq: 0,
         poison: poison.clone(),
         policy: ClientPolicy(limits),
+        status: status.clone(),
+        idle_in_transaction: limits.idle_in_transaction,
     };
     let mut downstream = ServerToClient {
         framer: Framer::new(server_read),
@@ -127,6 +139,7 @@ where
         rows: 0,
         simple_rows: 0,
         simple_error: None,
+        status,
     };
     let checker = downstream.session.clone();
     let reason = tokio::select! {
@@ -134,10 +147,21 @@ where
         r = downstream.run() => r,
         r = recheck_credential(&checker, limits.credential_recheck) => r,
     };
-    if let EndReason::CredentialInvalid(why) = &reason {
-        let error = GatewayError::fatal("28000", format!("Gatehouse ended this session: {why}"))
-            .with_hint("connect again with a valid token");
-        error.encode(&mut downstream.out);
+    match &reason {
+        EndReason::CredentialInvalid(why) => {
+            GatewayError::fatal("28000", format!("Gatehouse ended this session: {why}"))
+                .with_hint("connect again with a valid token")
+                .encode(&mut downstream.out);
+        }
+        EndReason::IdleInTransaction => {
+            GatewayError::fatal(
+                "25P03",
+                "Gatehouse ended this session: it stayed idle inside a transaction for too long; the transaction was rolled back",
+            )
+            .with_hint("commit or roll back promptly; connect again")
+            .encode(&mut downstream.out);
+        }
+        _ => {}
     }
     downstream.abandon_pending().await;
     reason
@@ -207,6 +231,8 @@ struct ClientToServer<R, W> {
     seq: i64,
     poison: Arc<str>,
     policy: ClientPolicy,
+    status: Arc<AtomicU8>,
+    idle_in_transaction: Option<std::time::Duration>,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
@@ -230,11 +256,42 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                     if let Err(e) = self.flush().await {
                         return EndReason::Io(e.to_string());
                     }
-                    match self.framer.fill().await {
+                    let filled = match self.idle_in_transaction {
+                        Some(limit) => match self.fill_unless_idle_in_transaction(limit).await {
+                            Some(r) => r,
+                            None => return EndReason::IdleInTransaction,
+                        },
+                        None => self.framer.fill().await,
+                    };
+                    match filled {
                         Ok(true) => {}
                         Ok(false) | Err(_) => return EndReason::ClientClosed,
                     }
                 }
+            }
+        }
+    }
+
+    /// Reads more client input, or gives up (`None`) once the client has been silent for
+    /// `limit` inside a transaction. The status is re-read whenever the wait ends, because the
+    /// server's answer to BEGIN arrives after the wait began. Reading is cancel-safe.
+    async fn fill_unless_idle_in_transaction(
+        &mut self,
+        limit: std::time::Duration,
+    ) -> Option<std::io::Result<bool>> {
+        let idle_since = std::time::Instant::now();
+        loop {
+            let in_transaction = self.status.load(Ordering::Relaxed) != b'I';
+            let wait = if in_transaction {
+                limit.saturating_sub(idle_since.elapsed())
+            } else {
+                limit
+            };
+            if in_transaction && wait.is_zero() {
+                return None;
+            }
+            if let Ok(r) = tokio::time::timeout(wait, self.framer.fill()).await {
+                return Some(r);
             }
         }
     }
@@ -613,6 +670,7 @@ struct ServerToClient<R, W> {
     /// Rows and first error of the Simple command at the front.
     simple_rows: i64,
     simple_error: Option<String>,
+    status: Arc<AtomicU8>,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
@@ -732,6 +790,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
             }
             b'Z' => {
                 self.drain_announced()?;
+                if let Some(&status) = frame.get(5) {
+                    self.status.store(status, Ordering::Relaxed);
+                }
                 self.out.extend_from_slice(&frame);
                 self.ready_for_query().await?;
             }

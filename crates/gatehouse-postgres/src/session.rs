@@ -385,6 +385,7 @@ async fn start_session(
     let limits = RelayLimits {
         max_message_bytes: ctx.pipeline.config().server.max_message_bytes,
         credential_recheck: ctx.pipeline.config().server.credential_recheck_interval,
+        idle_in_transaction: ctx.pipeline.config().server.idle_in_transaction_timeout,
     };
     let reason = relay::relay(stream, upstream.stream, session.clone(), limits).await;
     drop(cancel_key);

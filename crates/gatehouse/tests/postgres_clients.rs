@@ -486,3 +486,56 @@ async fn revocation_and_expiry_end_live_sessions() {
         "{session}"
     );
 }
+
+/// W34: a transaction left open and idle ends the session, and the server rolls it back.
+#[tokio::test]
+async fn an_idle_transaction_is_ended_and_rolled_back() {
+    let gw = Gateway::start_with(common::GatewayOptions {
+        server_extra: "idle_in_transaction_timeout = \"700ms\"".into(),
+        ..Default::default()
+    });
+    let token = gw.token("idler", &[]);
+    let setup = driver_config(&gw, "appdb", &token)
+        .connect(NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(setup.1);
+    setup
+        .0
+        .batch_execute("drop table if exists idle_t; create table idle_t (a int)")
+        .await
+        .unwrap();
+
+    // Idle outside a transaction: nothing happens.
+    let (calm, conn) = driver_config(&gw, "appdb", &token)
+        .connect(NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    calm.simple_query("select 1").await.unwrap();
+
+    // Idle inside one: the session ends with 25P03 and the insert is rolled back.
+    let (client, conn) = driver_config(&gw, "appdb", &token)
+        .connect(NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    client
+        .batch_execute("begin; insert into idle_t values (1)")
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("the idle transaction was not ended")
+        .unwrap()
+        .expect_err("ended with an error");
+    assert_eq!(err.as_db_error().unwrap().code().code(), "25P03", "{err}");
+    let rows = setup
+        .0
+        .query_one("select count(*) from idle_t", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.get::<_, i64>(0), 0);
+    calm.simple_query("select 1").await.unwrap();
+}
