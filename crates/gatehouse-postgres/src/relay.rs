@@ -89,13 +89,20 @@ pub struct RelayLimits {
     pub idle_in_transaction: Option<std::time::Duration>,
 }
 
+/// How a relay ended.
+pub struct RelayEnd {
+    pub reason: EndReason,
+    /// A statement was still running on the server when the session ended.
+    pub in_flight: bool,
+}
+
 /// Relays until either side ends, then records any command left without an answer.
 pub async fn relay<C, S>(
     client: C,
     server: S,
     session: SessionHandle,
     limits: RelayLimits,
-) -> EndReason
+) -> RelayEnd
 where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
@@ -163,8 +170,9 @@ where
         }
         _ => {}
     }
+    let in_flight = downstream.in_flight();
     downstream.abandon_pending().await;
-    reason
+    RelayEnd { reason, in_flight }
 }
 
 /// Ends the session when its token is revoked or expires. A store that cannot be reached does
@@ -883,6 +891,16 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
             return Err(EndReason::RecordingFailed);
         }
         Ok(())
+    }
+
+    /// Whether a Query or Execute is still waiting for the server's answer.
+    fn in_flight(&mut self) -> bool {
+        while let Ok(e) = self.expect.try_recv() {
+            self.queue.push_back(e);
+        }
+        self.queue
+            .iter()
+            .any(|e| matches!(e, Expect::Simple(_) | Expect::Execute(_)))
     }
 
     /// Records commands that never got an answer because the session ended, and delivers a

@@ -387,7 +387,17 @@ async fn start_session(
         credential_recheck: ctx.pipeline.config().server.credential_recheck_interval,
         idle_in_transaction: ctx.pipeline.config().server.idle_in_transaction_timeout,
     };
-    let reason = relay::relay(stream, upstream.stream, session.clone(), limits).await;
+    let cancel_target = upstream.cancel.clone();
+    let end = relay::relay(stream, upstream.stream, session.clone(), limits).await;
+    let reason = end.reason;
+    // The server notices a closed socket only when it next writes: a statement the client
+    // abandoned would run on (holding its locks) unless it is cancelled.
+    if end.in_flight && reason != relay::EndReason::ServerClosed {
+        match upstream::send_cancel(&cancel_target).await {
+            Ok(()) => tracing::info!("cancelled the statement the client abandoned"),
+            Err(e) => tracing::warn!(error = %e, "could not cancel the abandoned statement"),
+        }
+    }
     drop(cancel_key);
     tracing::info!(reason = %reason.as_record(), "session ended");
     session.close(&reason.as_record()).await;

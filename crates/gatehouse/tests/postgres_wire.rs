@@ -472,3 +472,31 @@ async fn startup_options_and_replication_are_refused() {
         assert!(raw::field(&body, b'M').contains(key), "{key}");
     }
 }
+
+/// W26: a client that vanishes mid-statement gets its statement cancelled, instead of leaving
+/// it running (with its locks) until the server next writes.
+#[tokio::test]
+async fn w26_a_statement_abandoned_by_its_client_is_cancelled() {
+    let gw = Gateway::start();
+    let token = gw.token("w", &[]);
+    let mut s = raw::login(&gw, &token).await;
+    s.write_all(&raw::query("select pg_sleep(20), 'w26-marker'"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let running = || {
+        common::cluster().psql_super(
+            "select count(*) from pg_stat_activity where state = 'active' and query like '%w26-marker%' and pid <> pg_backend_pid()",
+        )
+    };
+    assert_eq!(running(), "1", "the statement should be running");
+    drop(s);
+    let started = Instant::now();
+    while running() != "0" {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the abandoned statement kept running"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
