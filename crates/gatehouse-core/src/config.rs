@@ -61,6 +61,8 @@ pub struct ServerConfig {
     pub upstream_connect_timeout: Duration,
     /// Cap on connections still in their handshake, so idle sockets cannot exhaust the gateway.
     pub max_pending_handshakes: usize,
+    /// The same cap per source address, so one source cannot use up the global cap.
+    pub max_pending_handshakes_per_source: usize,
     /// Largest client message the gateway accepts (Query, Parse, Bind, ...).
     pub max_message_bytes: usize,
     /// How often a live session re-checks its credential, so that a revoked or expired token
@@ -273,6 +275,7 @@ struct RawServer {
     #[serde(default, deserialize_with = "opt_duration")]
     upstream_connect_timeout: Option<Duration>,
     max_pending_handshakes: Option<usize>,
+    max_pending_handshakes_per_source: Option<usize>,
     max_message_bytes: Option<usize>,
     #[serde(default, deserialize_with = "opt_duration")]
     credential_recheck_interval: Option<Duration>,
@@ -440,6 +443,10 @@ impl RawConfig {
                     .upstream_connect_timeout
                     .unwrap_or(Duration::from_secs(10)),
                 max_pending_handshakes: self.server.max_pending_handshakes.unwrap_or(4096),
+                max_pending_handshakes_per_source: self
+                    .server
+                    .max_pending_handshakes_per_source
+                    .unwrap_or(256),
                 max_message_bytes,
                 credential_recheck_interval: self
                     .server

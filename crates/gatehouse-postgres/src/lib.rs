@@ -28,6 +28,46 @@ pub struct PgContext {
     pub cancels: cancel::CancelRegistry,
     /// Connections still in their handshake; bounded so idle sockets cannot exhaust the gateway.
     pub handshakes: Arc<Semaphore>,
+    /// The same, per source address.
+    pub handshakes_per_source: PerSource,
+}
+
+/// Counts handshakes in progress per source address. Touched twice per connection (at accept
+/// and when its handshake ends), never per message.
+#[derive(Default)]
+pub struct PerSource {
+    counts: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// Releases its source's slot when dropped.
+pub struct SourceSlot<'a> {
+    source: &'a PerSource,
+    ip: std::net::IpAddr,
+}
+
+impl PerSource {
+    /// Takes a slot for `ip`, or `None` when it already has `limit` handshakes in progress.
+    pub fn acquire(&self, ip: std::net::IpAddr, limit: usize) -> Option<SourceSlot<'_>> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot { source: self, ip })
+    }
+}
+
+impl Drop for SourceSlot<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.source.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl PgContext {
@@ -38,6 +78,7 @@ impl PgContext {
             tls,
             cancels: cancel::CancelRegistry::default(),
             handshakes: Arc::new(Semaphore::new(limit)),
+            handshakes_per_source: PerSource::default(),
         }
     }
 }

@@ -38,6 +38,13 @@ const RELAYED_PARAMETERS: &[&str] = &[
     "idle_in_transaction_session_timeout",
 ];
 
+/// Holds a connection's places under the global and per-source handshake caps until its
+/// handshake ends.
+struct HandshakeGuard<'a> {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _slot: crate::SourceSlot<'a>,
+}
+
 /// How the handshake ended without a session. The error, if any, was already sent.
 #[derive(Debug)]
 enum Stop {
@@ -69,7 +76,14 @@ struct Login {
 pub async fn handle(tcp: TcpStream, addr: SocketAddr, ctx: Arc<PgContext>) {
     let span = tracing::info_span!("pg", client = %addr, session = tracing::field::Empty);
     async move {
-        let Ok(permit) = ctx.handshakes.clone().try_acquire_owned() else {
+        let per_source = ctx
+            .pipeline
+            .config()
+            .server
+            .max_pending_handshakes_per_source;
+        let slot = ctx.handshakes_per_source.acquire(addr.ip(), per_source);
+        let permit = ctx.handshakes.clone().try_acquire_owned().ok();
+        let (Some(slot), Some(permit)) = (slot, permit) else {
             let mut out = BytesMut::new();
             GatewayError::fatal(
                 "53300",
@@ -80,6 +94,10 @@ pub async fn handle(tcp: TcpStream, addr: SocketAddr, ctx: Arc<PgContext>) {
             let _ = tcp.write_all(&out).await;
             tracing::warn!("refused: handshake limit reached");
             return;
+        };
+        let permit = HandshakeGuard {
+            _permit: permit,
+            _slot: slot,
         };
         let _ = tcp.set_nodelay(true);
         let deadline = ctx.pipeline.config().server.handshake_timeout;
@@ -270,7 +288,7 @@ async fn start_session(
     startup: Startup,
     identity: Identity,
     ctx: &PgContext,
-    handshake_permit: tokio::sync::OwnedSemaphorePermit,
+    handshake_permit: HandshakeGuard<'_>,
 ) -> Result<(), Stop> {
     let mut relayed = Vec::new();
     for (key, value) in &startup.params {

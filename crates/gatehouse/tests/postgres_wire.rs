@@ -79,7 +79,8 @@ async fn w4_a_large_startup_within_the_limit_is_accepted() {
 #[tokio::test]
 async fn w5_silent_and_slow_clients_are_cut_off_and_do_not_block_others() {
     let gw = Gateway::start_with(GatewayOptions {
-        server_extra: "handshake_timeout = \"3s\"".into(),
+        // All from one address here: this test is about deadlines, not the per-source cap.
+        server_extra: "handshake_timeout = \"3s\"\nmax_pending_handshakes_per_source = 2000".into(),
         ..Default::default()
     });
     let token = gw.token("w", &[]);
@@ -499,4 +500,53 @@ async fn w26_a_statement_abandoned_by_its_client_is_cancelled() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// W5: one source cannot use up the handshake capacity of everyone else.
+#[tokio::test]
+async fn w5_handshakes_are_capped_per_source_address() {
+    let gw = Gateway::start_with(GatewayOptions {
+        server_extra: "handshake_timeout = \"10s\"\nmax_pending_handshakes_per_source = 50".into(),
+        ..Default::default()
+    });
+    let token = gw.token("w", &[]);
+    let mut noisy = Vec::new();
+    for _ in 0..80 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        noisy.push(
+            socket
+                .connect(([127, 0, 0, 1], gw.pg_port).into())
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut refused = 0;
+    for s in &mut noisy {
+        let mut buf = [0u8; 64];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await
+            && n > 0
+        {
+            assert_eq!(buf[0], b'E');
+            assert!(String::from_utf8_lossy(&buf[..n]).contains("53300"));
+            refused += 1;
+        }
+    }
+    assert_eq!(
+        refused, 30,
+        "exactly the connections over the per-source cap are refused"
+    );
+    // Another source is unaffected.
+    still_serves(&gw, &token).await;
+    // Once the noisy source's handshakes end, it gets in again.
+    drop(noisy);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut s = socket
+        .connect(([127, 0, 0, 1], gw.pg_port).into())
+        .await
+        .unwrap();
+    raw::login_on(&mut s, &token).await;
 }
