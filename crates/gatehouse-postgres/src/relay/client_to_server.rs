@@ -1,201 +1,23 @@
-//! The authorized session: relays messages both ways and feeds every statement through the
-//! pipeline.
-//!
-//! Each direction runs as its own future so that a client busy sending COPY data and a server
-//! busy sending rows never wait on each other. The client-to-server side decodes the messages
-//! that carry statements (Query, Parse, Bind, Execute), asks the pipeline, and tells the
-//! server-to-client side, through an in-order queue, which responses complete which command.
-//! Output is written in batches: a direction flushes only when it has nothing more buffered.
-//!
-//! A refused message is not simply dropped: the server must see the same transaction semantics
-//! it would for a failed statement. It is replaced by an Execute of a portal that cannot exist,
-//! which the server fails with SQLSTATE 34000 (aborting the transaction and skipping to Sync,
-//! as for any error), and the server-to-client side swaps that error for the gateway's own.
+//! The client-to-server side of a relay: decodes the messages that carry statements, asks the
+//! pipeline, and forwards or refuses them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use bytes::{Bytes, BytesMut};
-use gatehouse_core::auth::AuthError;
+use bytes::BytesMut;
 use gatehouse_core::classify::{Classification, Statement};
 use gatehouse_core::pipeline::{
-    CommandStart, Completion, Decision, Denial, InFlight, ReviewNeeded, SessionHandle, Verdict,
-    cap_params,
+    CommandStart, Decision, Denial, InFlight, ReviewNeeded, SessionHandle, Verdict, cap_params,
 };
-use gatehouse_core::store::Outcome;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use super::{EndReason, Expect, RelayLimits};
 use crate::framer::{FramePolicy, Framer, Unit};
-use crate::wire::{self, GatewayError, LARGE_MESSAGE_LIMIT, SMALL_MESSAGE_LIMIT, WireError};
+use crate::wire::{self, GatewayError, SMALL_MESSAGE_LIMIT, WireError};
 
-/// Why a relayed session ended; recorded as the session's end reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EndReason {
-    ClientTerminated,
-    ClientClosed,
-    ServerClosed,
-    ProtocolViolation(String),
-    RecordingFailed,
-    /// The session's token was revoked or expired while it ran.
-    CredentialInvalid(String),
-    /// The client left a transaction open and idle for too long.
-    IdleInTransaction,
-    Io(String),
-}
-
-impl EndReason {
-    pub fn as_record(&self) -> String {
-        match self {
-            EndReason::ClientTerminated => "client_terminated".into(),
-            EndReason::ClientClosed => "client_closed".into(),
-            EndReason::ServerClosed => "server_closed".into(),
-            EndReason::ProtocolViolation(m) => format!("protocol_violation: {m}"),
-            EndReason::RecordingFailed => "recording_failed".into(),
-            EndReason::CredentialInvalid(m) => format!("credential_invalid: {m}"),
-            EndReason::IdleInTransaction => "idle_in_transaction_timeout".into(),
-            EndReason::Io(m) => format!("io_error: {m}"),
-        }
-    }
-}
-
-/// What the server-to-client side must expect, in the order the client sent it.
-enum Expect {
-    /// A Query (or refused FunctionCall): ends at ReadyForQuery.
-    Simple(InFlight),
-    /// An Execute: ends at CommandComplete, EmptyQueryResponse, PortalSuspended or an error.
-    Execute(InFlight),
-    /// A Sync: the server answers it with ReadyForQuery.
-    Sync,
-    /// A refused message, replaced by the poison Execute; `error` goes to the client instead of
-    /// the server's answer.
-    Denied {
-        error: Bytes,
-        command: Option<InFlight>,
-    },
-    /// The client broke the protocol: send `error` and end the session.
-    Fatal { error: Bytes, reason: String },
-}
-
-/// Limits for one session's relay.
-#[derive(Clone, Copy)]
-pub struct RelayLimits {
-    pub max_message_bytes: usize,
-    /// How often the session's credential is checked again.
-    pub credential_recheck: std::time::Duration,
-    /// How long a client may leave a transaction open without sending anything; `None` for
-    /// no limit.
-    pub idle_in_transaction: Option<std::time::Duration>,
-}
-
-/// How a relay ended.
-pub struct RelayEnd {
-    pub reason: EndReason,
-    /// A statement was still running on the server when the session ended.
-    pub in_flight: bool,
-}
-
-/// Relays until either side ends, then records any command left without an answer.
-pub async fn relay<C, S>(
-    client: C,
-    server: S,
-    session: SessionHandle,
-    limits: RelayLimits,
-) -> RelayEnd
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let (client_read, client_write) = tokio::io::split(client);
-    let (server_read, server_write) = tokio::io::split(server);
-    let (expect_tx, expect_rx) = mpsc::unbounded_channel();
-    // The transaction status of the last ReadyForQuery ('I', 'T' or 'E'), written by the
-    // server side, read by the client side when it waits for input.
-    let status = Arc::new(AtomicU8::new(b'I'));
-    let poison: Arc<str> = format!(
-        "gatehouse_refused_{}",
-        hex::encode(rand::random::<[u8; 8]>())
-    )
-    .into();
-
-    let mut upstream = ClientToServer {
-        framer: Framer::new(client_read),
-        server: server_write,
-        out: BytesMut::with_capacity(16 * 1024),
-        expect: expect_tx,
-        session: session.clone(),
-        statements: HashMap::new(),
-        portals: HashMap::new(),
-        sql_prepared: HashMap::new(),
-        classified: HashMap::new(),
-        seq: 0,
-        poison: poison.clone(),
-        policy: ClientPolicy(limits),
-        status: status.clone(),
-        idle_in_transaction: limits.idle_in_transaction,
-    };
-    let mut downstream = ServerToClient {
-        framer: Framer::new(server_read),
-        client: client_write,
-        out: BytesMut::with_capacity(16 * 1024),
-        expect: expect_rx,
-        queue: VecDeque::new(),
-        session,
-        poison,
-        rows: 0,
-        simple_rows: 0,
-        simple_error: None,
-        status,
-    };
-    let checker = downstream.session.clone();
-    let reason = tokio::select! {
-        r = upstream.run() => r,
-        r = downstream.run() => r,
-        r = recheck_credential(&checker, limits.credential_recheck) => r,
-    };
-    match &reason {
-        EndReason::CredentialInvalid(why) => {
-            GatewayError::fatal("28000", format!("Gatehouse ended this session: {why}"))
-                .with_hint("connect again with a valid token")
-                .encode(&mut downstream.out);
-        }
-        EndReason::IdleInTransaction => {
-            GatewayError::fatal(
-                "25P03",
-                "Gatehouse ended this session: it stayed idle inside a transaction for too long; the transaction was rolled back",
-            )
-            .with_hint("commit or roll back promptly; connect again")
-            .encode(&mut downstream.out);
-        }
-        _ => {}
-    }
-    let in_flight = downstream.in_flight();
-    downstream.abandon_pending().await;
-    RelayEnd { reason, in_flight }
-}
-
-/// Ends the session when its token is revoked or expires. A store that cannot be reached does
-/// not end sessions (the recorder refuses commands then); it is retried at the next interval.
-async fn recheck_credential(session: &SessionHandle, every: std::time::Duration) -> EndReason {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        match session.check_credential().await {
-            Ok(()) => {}
-            Err(AuthError::Unavailable(e)) => {
-                tracing::warn!(error = %e, "cannot re-check the session's credential; will retry");
-            }
-            Err(e) => return EndReason::CredentialInvalid(e.to_string()),
-        }
-    }
-}
-
-// ---- client to server -------------------------------------------------------------------------
-
-struct ClientPolicy(RelayLimits);
+pub(super) struct ClientPolicy(pub(super) RelayLimits);
 
 impl FramePolicy for ClientPolicy {
     fn streamed(&self, tag: u8) -> bool {
@@ -212,39 +34,39 @@ impl FramePolicy for ClientPolicy {
 
 /// A statement as parsed: its text and what it does (classified once, at Parse).
 #[derive(Clone)]
-struct Prepared {
+pub(super) struct Prepared {
     text: Arc<str>,
     classification: Arc<Classification>,
 }
 
 /// A portal as bound: the statement it runs and its parameters, for the record.
-struct Portal {
+pub(super) struct Portal {
     statement: Prepared,
     params: Vec<Option<String>>,
 }
 
-struct ClientToServer<R, W> {
-    framer: Framer<R>,
-    server: W,
-    out: BytesMut,
-    expect: mpsc::UnboundedSender<Expect>,
-    session: SessionHandle,
-    statements: HashMap<String, Prepared>,
-    portals: HashMap<String, Portal>,
+pub(super) struct ClientToServer<R, W> {
+    pub(super) framer: Framer<R>,
+    pub(super) server: W,
+    pub(super) out: BytesMut,
+    pub(super) expect: mpsc::UnboundedSender<Expect>,
+    pub(super) session: SessionHandle,
+    pub(super) statements: HashMap<String, Prepared>,
+    pub(super) portals: HashMap<String, Portal>,
     /// SQL-level prepared statements (`PREPARE name AS ...`), by name.
-    sql_prepared: HashMap<String, Statement>,
+    pub(super) sql_prepared: HashMap<String, Statement>,
     /// Classifications of statement texts seen in this session. Drivers re-Parse the same
     /// unnamed statement for every execution; classification is a pure function of the text.
-    classified: HashMap<Arc<str>, Arc<Classification>>,
-    seq: i64,
-    poison: Arc<str>,
-    policy: ClientPolicy,
-    status: Arc<AtomicU8>,
-    idle_in_transaction: Option<std::time::Duration>,
+    pub(super) classified: HashMap<Arc<str>, Arc<Classification>>,
+    pub(super) seq: i64,
+    pub(super) poison: Arc<str>,
+    pub(super) policy: ClientPolicy,
+    pub(super) status: Arc<AtomicU8>,
+    pub(super) idle_in_transaction: Option<std::time::Duration>,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
-    async fn run(&mut self) -> EndReason {
+    pub(super) async fn run(&mut self) -> EndReason {
         loop {
             let unit = match self.framer.next_buffered(&self.policy) {
                 Ok(u) => u,
@@ -649,272 +471,4 @@ fn not_utf8(what: &str) -> GatewayError {
         format!("Gatehouse refused a {what} message whose text is not valid UTF-8"),
     )
     .with_hint("send statements in UTF-8")
-}
-
-// ---- server to client -------------------------------------------------------------------------
-
-struct ServerPolicy;
-
-impl FramePolicy for ServerPolicy {
-    fn streamed(&self, tag: u8) -> bool {
-        tag == b'D' || tag == b'd'
-    }
-
-    fn limit(&self, _: u8) -> usize {
-        LARGE_MESSAGE_LIMIT
-    }
-}
-
-struct ServerToClient<R, W> {
-    framer: Framer<R>,
-    client: W,
-    out: BytesMut,
-    expect: mpsc::UnboundedReceiver<Expect>,
-    queue: VecDeque<Expect>,
-    session: SessionHandle,
-    poison: Arc<str>,
-    /// DataRows seen for the command at the front of the queue.
-    rows: i64,
-    /// Rows and first error of the Simple command at the front.
-    simple_rows: i64,
-    simple_error: Option<String>,
-    status: Arc<AtomicU8>,
-}
-
-impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
-    async fn run(&mut self) -> EndReason {
-        loop {
-            let unit = match self.framer.next_buffered(&ServerPolicy) {
-                Ok(u) => u,
-                Err(e) => return EndReason::Io(format!("server: {e}")),
-            };
-            let result = match unit {
-                Some(Unit::Streamed { tag, bytes }) => {
-                    if tag == Some(b'D') {
-                        self.rows += 1;
-                    }
-                    self.out.extend_from_slice(&bytes);
-                    Ok(())
-                }
-                Some(Unit::Frame(frame)) => self.handle(frame).await,
-                None => {
-                    if let Err(e) = self.flush().await {
-                        return EndReason::Io(e.to_string());
-                    }
-                    tokio::select! {
-                        biased;
-                        filled = self.framer.fill() => match filled {
-                            Ok(true) => Ok(()),
-                            Ok(false) | Err(_) => return EndReason::ServerClosed,
-                        },
-                        expect = self.expect.recv() => {
-                            match expect {
-                                Some(Expect::Fatal { error, reason }) => {
-                                    self.out.extend_from_slice(&error);
-                                    let _ = self.flush().await;
-                                    return EndReason::ProtocolViolation(reason);
-                                }
-                                Some(other) => self.queue.push_back(other),
-                                None => {}
-                            }
-                            Ok(())
-                        }
-                    }
-                }
-            };
-            if let Err(reason) = result {
-                let _ = self.flush().await;
-                return reason;
-            }
-        }
-    }
-
-    async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.out.is_empty() {
-            self.client.write_all(&self.out).await?;
-            self.client.flush().await?;
-            self.out.clear();
-        }
-        Ok(())
-    }
-
-    /// Moves everything the client side has announced into the local queue.
-    fn drain_announced(&mut self) -> Result<(), EndReason> {
-        while let Ok(e) = self.expect.try_recv() {
-            if let Expect::Fatal { error, reason } = e {
-                self.out.extend_from_slice(&error);
-                return Err(EndReason::ProtocolViolation(reason));
-            }
-            self.queue.push_back(e);
-        }
-        Ok(())
-    }
-
-    async fn handle(&mut self, frame: BytesMut) -> Result<(), EndReason> {
-        match frame[0] {
-            b'C' | b'I' | b's' => {
-                self.drain_announced()?;
-                let tagged = (frame[0] == b'C')
-                    .then(|| wire::command_complete_rows(&frame[5..]))
-                    .flatten();
-                match self.queue.front() {
-                    Some(Expect::Execute(_)) => {
-                        let rows = tagged.unwrap_or(self.rows);
-                        if let Some(Expect::Execute(cmd)) = self.queue.pop_front() {
-                            self.complete(cmd, Outcome::Ok, Some(rows), None).await?;
-                        }
-                    }
-                    Some(Expect::Simple(_)) => {
-                        self.simple_rows += tagged.unwrap_or(self.rows);
-                    }
-                    _ => {}
-                }
-                self.rows = 0;
-                self.out.extend_from_slice(&frame);
-            }
-            b'E' => {
-                self.drain_announced()?;
-                let body = &frame[5..];
-                let code = wire::error_field(body, b'C').map(str::to_string);
-                let is_poison = code.as_deref() == Some("34000")
-                    && wire::error_field(body, b'M').is_some_and(|m| m.contains(&*self.poison));
-                if is_poison {
-                    self.answer_poison().await?;
-                } else {
-                    self.out.extend_from_slice(&frame);
-                    match self.queue.front() {
-                        Some(Expect::Execute(_)) => {
-                            if let Some(Expect::Execute(cmd)) = self.queue.pop_front() {
-                                self.complete(cmd, Outcome::Error, None, code).await?;
-                            }
-                        }
-                        Some(Expect::Simple(_)) if self.simple_error.is_none() => {
-                            self.simple_error = code;
-                        }
-                        _ => {}
-                    }
-                }
-                self.rows = 0;
-            }
-            b'Z' => {
-                self.drain_announced()?;
-                if let Some(&status) = frame.get(5) {
-                    self.status.store(status, Ordering::Relaxed);
-                }
-                self.out.extend_from_slice(&frame);
-                self.ready_for_query().await?;
-            }
-            _ => self.out.extend_from_slice(&frame),
-        }
-        Ok(())
-    }
-
-    /// The server failed the poison Execute: send the gateway's error in its place.
-    async fn answer_poison(&mut self) -> Result<(), EndReason> {
-        while let Some(front) = self.queue.pop_front() {
-            match front {
-                Expect::Denied { error, command } => {
-                    self.out.extend_from_slice(&error);
-                    if let Some(cmd) = command {
-                        self.complete(cmd, Outcome::Denied, None, Some("42501".into()))
-                            .await?;
-                    }
-                    return Ok(());
-                }
-                other => self.settle(other, Outcome::Unknown).await?,
-            }
-        }
-        Ok(())
-    }
-
-    /// ReadyForQuery ends everything up to and including the first Sync or Simple command.
-    async fn ready_for_query(&mut self) -> Result<(), EndReason> {
-        while let Some(front) = self.queue.pop_front() {
-            match front {
-                Expect::Sync => break,
-                Expect::Simple(cmd) => {
-                    let outcome = if self.simple_error.is_some() {
-                        Outcome::Error
-                    } else {
-                        Outcome::Ok
-                    };
-                    let rows = Some(self.simple_rows);
-                    let code = self.simple_error.take();
-                    self.simple_rows = 0;
-                    self.complete(cmd, outcome, rows, code).await?;
-                    break;
-                }
-                // Skipped by the server after an earlier error in the same pipeline.
-                other => self.settle(other, Outcome::Error).await?,
-            }
-        }
-        Ok(())
-    }
-
-    /// Records a queued command that got no answer of its own.
-    async fn settle(&mut self, e: Expect, outcome: Outcome) -> Result<(), EndReason> {
-        match e {
-            Expect::Simple(cmd) | Expect::Execute(cmd) => {
-                self.complete(cmd, outcome, None, None).await
-            }
-            Expect::Denied {
-                command: Some(cmd), ..
-            } => {
-                self.complete(cmd, Outcome::Denied, None, Some("42501".into()))
-                    .await
-            }
-            _ => Ok(()),
-        }
-    }
-
-    async fn complete(
-        &mut self,
-        cmd: InFlight,
-        outcome: Outcome,
-        rows: Option<i64>,
-        code: Option<String>,
-    ) -> Result<(), EndReason> {
-        let done = Completion {
-            outcome,
-            rows,
-            code,
-        };
-        if self.session.complete(cmd, done).await.is_err() {
-            let mut bytes = BytesMut::new();
-            GatewayError::fatal(
-                "58000",
-                "Gatehouse cannot record commands right now, so it ended the session",
-            )
-            .with_hint("an administrator should check the gateway's store; reconnect later")
-            .encode(&mut bytes);
-            self.out.extend_from_slice(&bytes);
-            return Err(EndReason::RecordingFailed);
-        }
-        Ok(())
-    }
-
-    /// Whether a Query or Execute is still waiting for the server's answer.
-    fn in_flight(&mut self) -> bool {
-        while let Ok(e) = self.expect.try_recv() {
-            self.queue.push_back(e);
-        }
-        self.queue
-            .iter()
-            .any(|e| matches!(e, Expect::Simple(_) | Expect::Execute(_)))
-    }
-
-    /// Records commands that never got an answer because the session ended, and delivers a
-    /// protocol-violation error the client side announced just before it stopped.
-    async fn abandon_pending(&mut self) {
-        while let Ok(e) = self.expect.try_recv() {
-            self.queue.push_back(e);
-        }
-        while let Some(e) = self.queue.pop_front() {
-            if let Expect::Fatal { error, .. } = &e {
-                self.out.extend_from_slice(error);
-            }
-            let _ = self.settle(e, Outcome::Unknown).await;
-        }
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.flush()).await;
-    }
 }

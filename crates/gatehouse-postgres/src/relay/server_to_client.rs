@@ -1,0 +1,282 @@
+//! The server-to-client side of a relay: forwards responses in batches and pairs them with the
+//! commands they complete, for the record.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use bytes::BytesMut;
+use gatehouse_core::pipeline::{Completion, InFlight, SessionHandle};
+use gatehouse_core::store::Outcome;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::{EndReason, Expect};
+use crate::framer::{FramePolicy, Framer, Unit};
+use crate::wire::{self, GatewayError, LARGE_MESSAGE_LIMIT};
+
+pub(super) struct ServerPolicy;
+
+impl FramePolicy for ServerPolicy {
+    fn streamed(&self, tag: u8) -> bool {
+        tag == b'D' || tag == b'd'
+    }
+
+    fn limit(&self, _: u8) -> usize {
+        LARGE_MESSAGE_LIMIT
+    }
+}
+
+pub(super) struct ServerToClient<R, W> {
+    pub(super) framer: Framer<R>,
+    pub(super) client: W,
+    pub(super) out: BytesMut,
+    pub(super) expect: mpsc::UnboundedReceiver<Expect>,
+    pub(super) queue: VecDeque<Expect>,
+    pub(super) session: SessionHandle,
+    pub(super) poison: Arc<str>,
+    /// DataRows seen for the command at the front of the queue.
+    pub(super) rows: i64,
+    /// Rows and first error of the Simple command at the front.
+    pub(super) simple_rows: i64,
+    pub(super) simple_error: Option<String>,
+    pub(super) status: Arc<AtomicU8>,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
+    pub(super) async fn run(&mut self) -> EndReason {
+        loop {
+            let unit = match self.framer.next_buffered(&ServerPolicy) {
+                Ok(u) => u,
+                Err(e) => return EndReason::Io(format!("server: {e}")),
+            };
+            let result = match unit {
+                Some(Unit::Streamed { tag, bytes }) => {
+                    if tag == Some(b'D') {
+                        self.rows += 1;
+                    }
+                    self.out.extend_from_slice(&bytes);
+                    Ok(())
+                }
+                Some(Unit::Frame(frame)) => self.handle(frame).await,
+                None => {
+                    if let Err(e) = self.flush().await {
+                        return EndReason::Io(e.to_string());
+                    }
+                    tokio::select! {
+                        biased;
+                        filled = self.framer.fill() => match filled {
+                            Ok(true) => Ok(()),
+                            Ok(false) | Err(_) => return EndReason::ServerClosed,
+                        },
+                        expect = self.expect.recv() => {
+                            match expect {
+                                Some(Expect::Fatal { error, reason }) => {
+                                    self.out.extend_from_slice(&error);
+                                    let _ = self.flush().await;
+                                    return EndReason::ProtocolViolation(reason);
+                                }
+                                Some(other) => self.queue.push_back(other),
+                                None => {}
+                            }
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(reason) = result {
+                let _ = self.flush().await;
+                return reason;
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.client.write_all(&self.out).await?;
+            self.client.flush().await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Moves everything the client side has announced into the local queue.
+    fn drain_announced(&mut self) -> Result<(), EndReason> {
+        while let Ok(e) = self.expect.try_recv() {
+            if let Expect::Fatal { error, reason } = e {
+                self.out.extend_from_slice(&error);
+                return Err(EndReason::ProtocolViolation(reason));
+            }
+            self.queue.push_back(e);
+        }
+        Ok(())
+    }
+
+    async fn handle(&mut self, frame: BytesMut) -> Result<(), EndReason> {
+        match frame[0] {
+            b'C' | b'I' | b's' => {
+                self.drain_announced()?;
+                let tagged = (frame[0] == b'C')
+                    .then(|| wire::command_complete_rows(&frame[5..]))
+                    .flatten();
+                match self.queue.front() {
+                    Some(Expect::Execute(_)) => {
+                        let rows = tagged.unwrap_or(self.rows);
+                        if let Some(Expect::Execute(cmd)) = self.queue.pop_front() {
+                            self.complete(cmd, Outcome::Ok, Some(rows), None).await?;
+                        }
+                    }
+                    Some(Expect::Simple(_)) => {
+                        self.simple_rows += tagged.unwrap_or(self.rows);
+                    }
+                    _ => {}
+                }
+                self.rows = 0;
+                self.out.extend_from_slice(&frame);
+            }
+            b'E' => {
+                self.drain_announced()?;
+                let body = &frame[5..];
+                let code = wire::error_field(body, b'C').map(str::to_string);
+                let is_poison = code.as_deref() == Some("34000")
+                    && wire::error_field(body, b'M').is_some_and(|m| m.contains(&*self.poison));
+                if is_poison {
+                    self.answer_poison().await?;
+                } else {
+                    self.out.extend_from_slice(&frame);
+                    match self.queue.front() {
+                        Some(Expect::Execute(_)) => {
+                            if let Some(Expect::Execute(cmd)) = self.queue.pop_front() {
+                                self.complete(cmd, Outcome::Error, None, code).await?;
+                            }
+                        }
+                        Some(Expect::Simple(_)) if self.simple_error.is_none() => {
+                            self.simple_error = code;
+                        }
+                        _ => {}
+                    }
+                }
+                self.rows = 0;
+            }
+            b'Z' => {
+                self.drain_announced()?;
+                if let Some(&status) = frame.get(5) {
+                    self.status.store(status, Ordering::Relaxed);
+                }
+                self.out.extend_from_slice(&frame);
+                self.ready_for_query().await?;
+            }
+            _ => self.out.extend_from_slice(&frame),
+        }
+        Ok(())
+    }
+
+    /// The server failed the poison Execute: send the gateway's error in its place.
+    async fn answer_poison(&mut self) -> Result<(), EndReason> {
+        while let Some(front) = self.queue.pop_front() {
+            match front {
+                Expect::Denied { error, command } => {
+                    self.out.extend_from_slice(&error);
+                    if let Some(cmd) = command {
+                        self.complete(cmd, Outcome::Denied, None, Some("42501".into()))
+                            .await?;
+                    }
+                    return Ok(());
+                }
+                other => self.settle(other, Outcome::Unknown).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// ReadyForQuery ends everything up to and including the first Sync or Simple command.
+    async fn ready_for_query(&mut self) -> Result<(), EndReason> {
+        while let Some(front) = self.queue.pop_front() {
+            match front {
+                Expect::Sync => break,
+                Expect::Simple(cmd) => {
+                    let outcome = if self.simple_error.is_some() {
+                        Outcome::Error
+                    } else {
+                        Outcome::Ok
+                    };
+                    let rows = Some(self.simple_rows);
+                    let code = self.simple_error.take();
+                    self.simple_rows = 0;
+                    self.complete(cmd, outcome, rows, code).await?;
+                    break;
+                }
+                // Skipped by the server after an earlier error in the same pipeline.
+                other => self.settle(other, Outcome::Error).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a queued command that got no answer of its own.
+    async fn settle(&mut self, e: Expect, outcome: Outcome) -> Result<(), EndReason> {
+        match e {
+            Expect::Simple(cmd) | Expect::Execute(cmd) => {
+                self.complete(cmd, outcome, None, None).await
+            }
+            Expect::Denied {
+                command: Some(cmd), ..
+            } => {
+                self.complete(cmd, Outcome::Denied, None, Some("42501".into()))
+                    .await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn complete(
+        &mut self,
+        cmd: InFlight,
+        outcome: Outcome,
+        rows: Option<i64>,
+        code: Option<String>,
+    ) -> Result<(), EndReason> {
+        let done = Completion {
+            outcome,
+            rows,
+            code,
+        };
+        if self.session.complete(cmd, done).await.is_err() {
+            let mut bytes = BytesMut::new();
+            GatewayError::fatal(
+                "58000",
+                "Gatehouse cannot record commands right now, so it ended the session",
+            )
+            .with_hint("an administrator should check the gateway's store; reconnect later")
+            .encode(&mut bytes);
+            self.out.extend_from_slice(&bytes);
+            return Err(EndReason::RecordingFailed);
+        }
+        Ok(())
+    }
+
+    /// Whether a Query or Execute is still waiting for the server's answer.
+    pub(super) fn in_flight(&mut self) -> bool {
+        while let Ok(e) = self.expect.try_recv() {
+            self.queue.push_back(e);
+        }
+        self.queue
+            .iter()
+            .any(|e| matches!(e, Expect::Simple(_) | Expect::Execute(_)))
+    }
+
+    /// Records commands that never got an answer because the session ended, and delivers a
+    /// protocol-violation error the client side announced just before it stopped.
+    pub(super) async fn abandon_pending(&mut self) {
+        while let Ok(e) = self.expect.try_recv() {
+            self.queue.push_back(e);
+        }
+        while let Some(e) = self.queue.pop_front() {
+            if let Expect::Fatal { error, .. } = &e {
+                self.out.extend_from_slice(error);
+            }
+            let _ = self.settle(e, Outcome::Unknown).await;
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.flush()).await;
+    }
+}
