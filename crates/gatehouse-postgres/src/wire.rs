@@ -106,10 +106,6 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
-    }
-
     /// Requires that nothing is left over.
     pub fn finish(&self) -> Result<(), WireError> {
         if self.buf.is_empty() {

@@ -300,11 +300,7 @@ async fn a_token_limited_to_networks_works_only_from_them() {
         "{}",
         db.message()
     );
-    let (client, conn) = driver_config(&gw, "appdb", here.trim())
-        .connect(NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = common::connect(&gw, "appdb", here.trim()).await;
     client.simple_query("select 1").await.unwrap();
 
     // The API applies the same rule.

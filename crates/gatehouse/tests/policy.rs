@@ -54,15 +54,6 @@ fn count(name: &str) -> i64 {
         .unwrap()
 }
 
-async fn client(gw: &Gateway, connection: &str, token: &str) -> Client {
-    let (client, conn) = driver_config(gw, connection, token)
-        .connect(NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connect to {connection}: {e}"));
-    tokio::spawn(conn);
-    client
-}
-
 /// Runs `sql` as a simple query and returns the SQLSTATE and message of its error.
 async fn refused(client: &Client, sql: &str) -> (String, String) {
     let err = client
@@ -104,7 +95,7 @@ async fn without_policy_files_only_admins_get_in() {
     );
     assert!(db.message().contains("gatehouse/agent"), "{}", db.message());
 
-    let admin = client(&gw, "appdb", &gw.admin_token).await;
+    let admin = common::connect(&gw, "appdb", &gw.admin_token).await;
     admin.simple_query("select 1").await.unwrap();
 }
 
@@ -114,8 +105,8 @@ async fn example_policies_allow_deny_and_ask_for_review() {
     let gw = with_examples();
     let agent = gw.token("agent", &["agents"]);
     let dba = gw.token("dba", &["dba"]);
-    let dev = client(&gw, "appdb", &agent).await;
-    let prod = client(&gw, "proddb", &agent).await;
+    let dev = common::connect(&gw, "appdb", &agent).await;
+    let prod = common::connect(&gw, "proddb", &agent).await;
 
     // Reads anywhere; writes outside prod.
     prod.simple_query("select * from pol_orders").await.unwrap();
@@ -136,7 +127,7 @@ async fn example_policies_allow_deny_and_ask_for_review() {
 
     // DDL: no permit for agents; forbidden in prod even for dbas.
     denied_by(&dev, "create table pol_x (a int)", "gatehouse.no-permit").await;
-    let dba_prod = client(&gw, "proddb", &dba).await;
+    let dba_prod = common::connect(&gw, "proddb", &dba).await;
     denied_by(&dba_prod, "drop table pol_orders", "no-ddl-in-prod").await;
     assert_eq!(count("pol_orders"), 3);
 
@@ -181,7 +172,7 @@ async fn adversarial_sql_cases_are_classified_by_the_parser_not_the_text() {
     table("adv_orders", 5);
     let gw = with_examples();
     let agent = gw.token("agent", &["agents"]);
-    let prod = client(&gw, "proddb", &agent).await;
+    let prod = common::connect(&gw, "proddb", &agent).await;
 
     // Writes hidden from a keyword matcher: each needs the prod approval, and none runs.
     for sql in [
@@ -250,7 +241,7 @@ async fn extended_protocol_is_classified_at_parse_and_enforced_at_execute() {
     table("ext_orders", 4);
     let gw = with_examples();
     let agent = gw.token("agent", &["agents"]);
-    let prod = client(&gw, "proddb", &agent).await;
+    let prod = common::connect(&gw, "proddb", &agent).await;
 
     // 28: Parse of a DELETE is allowed through; its Execute is not.
     let stmt = prod
@@ -285,7 +276,7 @@ async fn sql_level_execute_is_judged_as_its_prepared_statement() {
     table("prep_t", 2);
     let gw = with_examples();
     let agent = gw.token("agent", &["agents"]);
-    let dev = client(&gw, "appdb", &agent).await;
+    let dev = common::connect(&gw, "appdb", &agent).await;
     // A prepared read runs as a read, a prepared write outside prod as a write.
     dev.batch_execute("PREPARE r AS SELECT count(*) FROM prep_t")
         .await
@@ -298,7 +289,7 @@ async fn sql_level_execute_is_judged_as_its_prepared_statement() {
     assert_eq!(count("prep_t"), 3);
     // In prod the prepared write needs review at PREPARE, and an EXECUTE of a name never
     // prepared through the gateway is code execution, which agents may not do.
-    let prod = client(&gw, "proddb", &agent).await;
+    let prod = common::connect(&gw, "proddb", &agent).await;
     let (_, message) = refused(&prod, "PREPARE d AS DELETE FROM prep_t").await;
     assert!(message.contains("approval"), "{message}");
     denied_by(&prod, "EXECUTE d", "gatehouse.no-permit").await;
@@ -448,7 +439,7 @@ async fn policies_reload_on_change_and_a_bad_file_keeps_the_old_ones() {
         ..Default::default()
     });
     let agent = gw.token("agent", &[]);
-    let c = client(&gw, "appdb", &agent).await;
+    let c = common::connect(&gw, "appdb", &agent).await;
     denied_by(&c, "insert into reload_t values (2)", "gatehouse.no-permit").await;
 
     let policy_file = gw.dir.path().join("policies/p.cedar");
@@ -486,7 +477,7 @@ async fn sighup_reloads_policies_at_once() {
         ..Default::default()
     });
     let agent = gw.token("agent", &[]);
-    let c = client(&gw, "appdb", &agent).await;
+    let c = common::connect(&gw, "appdb", &agent).await;
     std::fs::write(
         gw.dir.path().join("policies/p.cedar"),
         format!("{read_only}\n@id(\"w\") permit(principal, action == Gatehouse::Action::\"write\", resource);"),

@@ -144,11 +144,7 @@ fn pgbench_runs_in_every_query_mode_without_failures() {
 async fn a_driver_gets_binary_results_parameters_and_can_cancel() {
     let gw = Gateway::start();
     let token = gw.token("driver", &[]);
-    let (client, conn) = driver_config(&gw, "appdb", &token)
-        .connect(NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = common::connect(&gw, "appdb", &token).await;
 
     // tokio-postgres asks for binary results: these values cross the gateway unchanged.
     let row = client
@@ -196,11 +192,7 @@ async fn a_driver_gets_binary_results_parameters_and_can_cancel() {
 async fn the_backend_key_is_never_shown_to_the_client() {
     let gw = Gateway::start();
     let token = gw.token("driver", &[]);
-    let (client, conn) = driver_config(&gw, "appdb", &token)
-        .connect(NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = common::connect(&gw, "appdb", &token).await;
     let backend_pid: i32 = client
         .query_one("select pg_backend_pid()", &[])
         .await
@@ -321,11 +313,7 @@ async fn each_failure_gets_its_documented_error() {
 async fn revoked_and_expired_tokens_are_refused() {
     let gw = Gateway::start();
     let token = gw.token("short-lived", &[]);
-    let (client, conn) = driver_config(&gw, "appdb", &token)
-        .connect(NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = common::connect(&gw, "appdb", &token).await;
     client.simple_query("select 1").await.unwrap();
     gw.cli_ok(&["token", "revoke", "short-lived"]);
     let err = driver_config(&gw, "appdb", &token)
@@ -355,11 +343,7 @@ async fn the_upstream_password_never_reaches_the_client_the_log_or_the_store() {
     // Everything a client can receive, byte for byte, over a raw socket, including errors.
     let raw = startup_and_collect(&gw, &token).await;
     let mut seen = raw.bytes;
-    let (client, conn) = driver_config(&gw, "appdb", &token)
-        .connect(NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = common::connect(&gw, "appdb", &token).await;
     for sql in [
         "select usename, passwd from pg_shadow",
         "select current_setting('password_encryption')",
@@ -507,11 +491,7 @@ async fn an_idle_transaction_is_ended_and_rolled_back() {
         .unwrap();
 
     // Idle outside a transaction: nothing happens.
-    let (calm, conn) = driver_config(&gw, "appdb", &token)
-        .connect(NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let calm = common::connect(&gw, "appdb", &token).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     calm.simple_query("select 1").await.unwrap();
 

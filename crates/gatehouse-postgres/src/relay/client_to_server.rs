@@ -151,12 +151,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                     }
                     Err(e) => return Err(self.fatal(e)),
                 };
-                let classified = self.classify(text);
-                let classification = self.resolve_sql_prepared(classified);
+                // Not cached: simple queries usually carry their literals, so texts rarely repeat.
+                let classified = Arc::new(gatehouse_pgsql::classify(text));
                 let start = CommandStart {
                     text: text.into(),
                     params: None,
-                    classification: Some(Arc::new(classification)),
+                    classification: Some(self.resolve_sql_prepared(classified)),
                 };
                 let decision = self.session.authorize(&start);
                 match &decision.verdict {
@@ -181,8 +181,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
             b'P' => match wire::parse_parse(body) {
                 Ok((name, query)) => {
                     // Classified once here; enforced at every Execute of this statement.
-                    let classified = self.classify(query);
-                    let classification = Arc::new(self.resolve_sql_prepared(classified));
+                    let classified = self.classify_cached(query);
+                    let classification = self.resolve_sql_prepared(classified);
                     self.remember_sql_prepared(&classification);
                     let prepared = Prepared {
                         text: query.into(),
@@ -333,27 +333,37 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
         self.session.begin(self.seq, start, decision)
     }
 
-    /// Classifies `text`, remembering the result for the rest of the session.
-    fn classify(&mut self, text: &str) -> Classification {
+    /// Classifies a Parse's text, remembering the result for the rest of the session: drivers
+    /// re-Parse the same unnamed statement for every execution.
+    fn classify_cached(&mut self, text: &str) -> Arc<Classification> {
         const MAX_CACHED: usize = 512;
         const MAX_CACHED_TEXT: usize = 4096;
         if let Some(c) = self.classified.get(text) {
-            return Classification::clone(c);
+            return c.clone();
         }
-        let c = gatehouse_pgsql::classify(text);
+        let c = Arc::new(gatehouse_pgsql::classify(text));
         if text.len() <= MAX_CACHED_TEXT {
             if self.classified.len() >= MAX_CACHED {
                 self.classified.clear();
             }
-            self.classified.insert(text.into(), Arc::new(c.clone()));
+            self.classified.insert(text.into(), c.clone());
         }
         c
     }
 
     /// SQL-level `EXECUTE name` is judged as the statement `PREPARE name` held (an EXECUTE of
     /// a name the gateway never saw prepared stays `exec`).
-    fn resolve_sql_prepared(&self, classification: Classification) -> Classification {
-        let Classification::Statements { mut statements } = classification else {
+    /// Returns `classification` itself unless it holds an EXECUTE to rewrite.
+    fn resolve_sql_prepared(&self, classification: Arc<Classification>) -> Arc<Classification> {
+        if classification
+            .statements()
+            .iter()
+            .all(|s| s.executes.is_none())
+        {
+            return classification;
+        }
+        let Classification::Statements { mut statements } = Classification::clone(&classification)
+        else {
             return classification;
         };
         // A PREPARE earlier in the same message counts too.
@@ -372,7 +382,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                 earlier.insert(name.clone(), statement.clone());
             }
         }
-        Classification::Statements { statements }
+        Arc::new(Classification::Statements { statements })
     }
 
     fn remember_sql_prepared(&mut self, classification: &Classification) {

@@ -626,3 +626,14 @@ pub fn driver_config(gw: &Gateway, connection: &str, token: &str) -> tokio_postg
         .application_name("gatehouse-driver-test");
     c
 }
+
+/// Connects through the gateway with tokio-postgres (plaintext on loopback) and drives the
+/// connection in the background.
+pub async fn connect(gw: &Gateway, connection: &str, token: &str) -> tokio_postgres::Client {
+    let (client, conn) = driver_config(gw, connection, token)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {connection}: {e}\n{}", gw.log()));
+    tokio::spawn(conn);
+    client
+}
