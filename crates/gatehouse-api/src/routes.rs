@@ -16,6 +16,7 @@ pub fn router() -> Router<ApiState> {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/identity/issuers", get(list_issuers))
         .route("/api/v1/connections", get(list_connections))
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{selector}", delete(revoke_tokens))
@@ -74,6 +75,31 @@ impl FromRequestParts<ApiState> for Caller {
 
 async fn whoami(caller: Caller) -> Json<Identity> {
     Json(caller.0)
+}
+
+/// The OIDC issuers the gateway trusts, for `gatehouse login`. Public on purpose: it holds
+/// only what any IdP's discovery document already publishes, and a client needs it before it
+/// has a token.
+async fn list_issuers(State(state): State<ApiState>) -> Json<Value> {
+    let issuers: Vec<Value> = state
+        .config
+        .identity
+        .oidc
+        .iter()
+        .map(|o| {
+            json!({
+                "name": o.name,
+                "issuer": o.issuer,
+                "client_id": o.client_id,
+                "audience": o.audience,
+                "kind": match o.kind {
+                    gatehouse_core::config::OidcSubjectKind::Human => "human",
+                    gatehouse_core::config::OidcSubjectKind::Workload => "workload",
+                },
+            })
+        })
+        .collect();
+    Json(json!({ "issuers": issuers }))
 }
 
 async fn list_connections(_caller: Caller, State(state): State<ApiState>) -> Json<Value> {

@@ -1,6 +1,9 @@
 //! Step 1 of the pipeline: turn a presented credential into an [`Identity`], and issue the
 //! gateway's own service-account tokens.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::identity::{GATEHOUSE_ISSUER, Identity, IdentityKind};
@@ -13,7 +16,7 @@ use crate::tokens::{self, TokenHash};
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error(
-        "the password is not a Gatehouse token; use a token from `gatehouse token create` as the password"
+        "the password is not a Gatehouse token or a signed OIDC token; use a token from `gatehouse token create` or `gatehouse login` as the password"
     )]
     Malformed,
     #[error(
@@ -30,12 +33,66 @@ pub enum AuthError {
     NetworkNotAllowed(std::net::IpAddr),
     #[error("the gateway cannot check tokens right now; try again shortly")]
     Unavailable(#[from] StoreError),
+    /// An OIDC token failed verification; the reason names the class, never key material.
+    #[error("the OIDC token was rejected: {0}")]
+    Oidc(OidcRejection),
+}
+
+/// Why an OIDC token was refused, as a class a person can act on. Deliberately coarse: it
+/// says which check failed, never which keys the gateway holds or what it expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OidcRejection {
+    #[error("it is not a well-formed signed JWT (three base64url parts, at most 8 KiB)")]
+    Malformed,
+    #[error("no configured issuer matches its `iss`; ask an administrator which IdP to use")]
+    UnknownIssuer,
+    #[error("its signature algorithm is not accepted for this issuer")]
+    Algorithm,
+    #[error(
+        "its header uses a feature the gateway does not accept (`crit`, embedded keys, or a JWE)"
+    )]
+    Header,
+    #[error("its type (`typ` header) is not accepted here")]
+    TokenType,
+    #[error("it is signed with a key the issuer does not publish (unknown `kid`)")]
+    UnknownKey,
+    #[error("its signature does not verify")]
+    Signature,
+    #[error("it has expired; get a fresh token from your identity provider")]
+    Expired,
+    #[error("it is not valid yet (`nbf` or `iat` in the future); check the clocks")]
+    NotYetValid,
+    #[error("its lifetime (`exp` - `iat`) is longer than this issuer allows")]
+    LifetimeTooLong,
+    #[error("its audience is not this gateway")]
+    Audience,
+    #[error("it lacks the required claim `{0}`")]
+    MissingClaim(String),
+    #[error("its claim `{0}` does not have the value this gateway requires")]
+    ClaimMismatch(String),
+    #[error("the identity provider's keys cannot be fetched right now; try again shortly")]
+    IdpUnavailable,
+}
+
+/// Verifies tokens the gateway did not issue (OIDC JWTs). Implemented outside the core so the
+/// core stays free of HTTP and JOSE dependencies.
+pub trait FederatedVerifier: Send + Sync {
+    /// `true` when `credential` is shaped like a token this verifier handles, so the
+    /// authenticator knows which verifier's answer to give the client.
+    fn claims(&self, credential: &str) -> bool;
+
+    /// Verifies `credential` and returns who it names.
+    fn verify<'a>(
+        &'a self,
+        credential: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Identity, AuthError>> + Send + 'a>>;
 }
 
 /// Verifies credentials and issues service-account tokens.
 #[derive(Clone)]
 pub struct Authenticator {
     store: Store,
+    federated: Option<Arc<dyn FederatedVerifier>>,
 }
 
 /// A token just created: its stored row and, once, its value.
@@ -46,7 +103,16 @@ pub struct IssuedToken {
 
 impl Authenticator {
     pub fn new(store: Store) -> Self {
-        Authenticator { store }
+        Authenticator {
+            store,
+            federated: None,
+        }
+    }
+
+    /// Also accepts the tokens `verifier` vouches for (the configured OIDC issuers).
+    pub fn with_federation(mut self, verifier: Arc<dyn FederatedVerifier>) -> Self {
+        self.federated = Some(verifier);
+        self
     }
 
     /// Verifies a credential presented from `client`.
@@ -56,7 +122,10 @@ impl Authenticator {
         client: std::net::IpAddr,
     ) -> Result<Identity, AuthError> {
         if !tokens::is_well_formed(credential) {
-            return Err(AuthError::Malformed);
+            return match &self.federated {
+                Some(f) if f.claims(credential) => f.verify(credential).await,
+                _ => Err(AuthError::Malformed),
+            };
         }
         let row = self
             .store
@@ -73,6 +142,13 @@ impl Authenticator {
     /// Checks that the token behind `identity` is still usable (not revoked, not expired).
     /// Sessions call this periodically, so revocation reaches live sessions.
     pub async fn recheck(&self, identity: &Identity) -> Result<(), AuthError> {
+        if identity.issuer != GATEHOUSE_ISSUER {
+            // A federated token cannot be revoked here; it ends when it expires.
+            return match identity.expires_at {
+                Some(exp) if exp <= now_micros() => Err(AuthError::Oidc(OidcRejection::Expired)),
+                _ => Ok(()),
+            };
+        }
         let row = self
             .store
             .get_token(&identity.token_id)

@@ -27,8 +27,90 @@ pub struct Config {
     pub server: ServerConfig,
     pub store: StoreConfig,
     pub policy: PolicyConfig,
+    pub identity: IdentityConfig,
     pub connections: Vec<ConnectionConfig>,
 }
+
+/// `[identity]`: identity providers trusted next to the gateway's own service-account tokens.
+#[derive(Debug, Clone, Default)]
+pub struct IdentityConfig {
+    /// `[[identity.oidc]]`: OIDC issuers whose signed tokens (JWTs) the gateway accepts.
+    pub oidc: Vec<OidcIssuerConfig>,
+}
+
+/// One trusted OIDC issuer. Tokens are verified against exactly this issuer's keys, audience
+/// and algorithms; nothing in a token can choose another.
+#[derive(Debug, Clone)]
+pub struct OidcIssuerConfig {
+    /// The short name people and `gatehouse login --issuer` use; identities are recorded as
+    /// `<name>/<sub>`, so renaming an issuer renames its principals.
+    pub name: String,
+    /// The issuer URL, compared byte for byte with the token's `iss` and the discovery
+    /// document's `issuer`.
+    pub issuer: String,
+    /// The `aud` value tokens must carry for this gateway.
+    pub audience: String,
+    /// The OAuth client id: required as `azp` when a token names several audiences, and used by
+    /// `gatehouse login`. Defaults to `audience`.
+    pub client_id: String,
+    /// Signature algorithms accepted from this issuer (pinned; the token's `alg` never decides).
+    pub algorithms: Vec<String>,
+    /// The claim holding the caller's groups (a string array, or one string).
+    pub groups_claim: String,
+    /// Extra groups granted when a claim has a given value (`repository_owner == "acme"`).
+    pub group_mappings: Vec<GroupMapping>,
+    /// Claims that must have exactly these values (a tenant id, a repository owner).
+    pub required_claims: BTreeMap<String, String>,
+    /// What kind of caller this issuer's tokens stand for.
+    pub kind: OidcSubjectKind,
+    /// Longest accepted `exp - iat`.
+    pub max_token_lifetime: Duration,
+    /// Clock skew allowed on `exp`, `nbf` and `iat` (at most 60 s).
+    pub leeway: Duration,
+    /// Accepted JOSE `typ` header values (case-insensitive; a missing `typ` is accepted).
+    pub token_types: Vec<String>,
+    /// Extra PEM trust roots for an IdP behind a private CA.
+    pub ca_file: Option<PathBuf>,
+    /// How long fetched keys are used before they are fetched again.
+    pub jwks_cache_ttl: Duration,
+    /// How long cached keys keep working while the IdP cannot be reached; then tokens are
+    /// refused (fail closed).
+    pub max_stale: Duration,
+    /// Least time between two key fetches triggered by unknown key ids or failures.
+    pub refresh_cooldown: Duration,
+    /// Deadline for one discovery or key fetch.
+    pub fetch_timeout: Duration,
+}
+
+/// A claim value that adds a group: `{ claim = "repository_owner", equals = "acme", group = "ci" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupMapping {
+    pub claim: String,
+    pub equals: String,
+    pub group: String,
+}
+
+/// The kind of identity an OIDC issuer's tokens stand for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OidcSubjectKind {
+    /// People logging in through the company IdP.
+    #[default]
+    Human,
+    /// CI jobs and cloud workloads with platform-issued tokens.
+    Workload,
+}
+
+/// The asymmetric JWS algorithms Gatehouse verifies. Symmetric (`HS*`) ones are never
+/// accepted: the key would be a secret shared with the IdP, and a public key could be misused
+/// as one (RS/HS confusion).
+pub const OIDC_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+/// The algorithms pinned when an issuer does not list its own.
+pub const OIDC_DEFAULT_ALGORITHMS: &[&str] = &["RS256", "ES256", "EdDSA"];
 
 /// `[policy]`: the Cedar policy files.
 #[derive(Debug, Clone, Default)]
@@ -248,7 +330,47 @@ struct RawConfig {
     #[serde(default)]
     policy: RawPolicy,
     #[serde(default)]
+    identity: RawIdentity,
+    #[serde(default)]
     connections: Vec<RawConnection>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    #[serde(default)]
+    oidc: Vec<RawOidcIssuer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOidcIssuer {
+    name: Option<String>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    client_id: Option<String>,
+    algorithms: Option<Vec<String>>,
+    groups_claim: Option<String>,
+    #[serde(default)]
+    group_mappings: Vec<GroupMapping>,
+    #[serde(default)]
+    required_claims: BTreeMap<String, String>,
+    #[serde(default)]
+    kind: OidcSubjectKind,
+    #[serde(default, deserialize_with = "opt_duration")]
+    max_token_lifetime: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    leeway: Option<Duration>,
+    token_types: Option<Vec<String>>,
+    ca_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    jwks_cache_ttl: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    max_stale: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    refresh_cooldown: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    fetch_timeout: Option<Duration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -422,6 +544,105 @@ impl RawConfig {
             });
         }
 
+        let mut oidc: Vec<OidcIssuerConfig> = Vec::new();
+        for (i, o) in self.identity.oidc.into_iter().enumerate() {
+            let at = |field: &str| format!("identity.oidc[{i}].{field}");
+            let mut missing = |field: &str| {
+                problem(at(field), "is required".into());
+                String::new()
+            };
+            let name = o.name.unwrap_or_else(|| missing("name"));
+            let issuer = o.issuer.unwrap_or_else(|| missing("issuer"));
+            let audience = o.audience.unwrap_or_else(|| missing("audience"));
+            if !name.is_empty() && !valid_connection_name(&name) {
+                problem(
+                    at("name"),
+                    format!("\"{name}\" must be 1-63 characters of a-z, 0-9, '_' or '-'"),
+                );
+            }
+            if name == crate::identity::GATEHOUSE_ISSUER {
+                problem(
+                    at("name"),
+                    "\"gatehouse\" names the gateway's own tokens; choose another name".into(),
+                );
+            }
+            if !issuer.is_empty() && !issuer.starts_with("https://") {
+                problem(
+                    at("issuer"),
+                    format!("\"{issuer}\" must be an https:// URL (keys are fetched from it)"),
+                );
+            }
+            if oidc.iter().any(|x| x.name == name) {
+                problem(at("name"), format!("\"{name}\" is defined twice"));
+            }
+            if oidc.iter().any(|x| x.issuer == issuer) {
+                problem(at("issuer"), format!("\"{issuer}\" is configured twice"));
+            }
+            let algorithms = o.algorithms.unwrap_or_else(|| {
+                OIDC_DEFAULT_ALGORITHMS
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect()
+            });
+            if algorithms.is_empty() {
+                problem(at("algorithms"), "must name at least one algorithm".into());
+            }
+            for a in &algorithms {
+                if !OIDC_ALGORITHMS.contains(&a.as_str()) {
+                    problem(
+                        at("algorithms"),
+                        format!(
+                            "\"{a}\" is not accepted; choose from {}",
+                            OIDC_ALGORITHMS.join(", ")
+                        ),
+                    );
+                }
+            }
+            let leeway = o.leeway.unwrap_or(Duration::from_secs(30));
+            if leeway > Duration::from_secs(60) {
+                problem(at("leeway"), "must be at most 60s".into());
+            }
+            let jwks_cache_ttl = o.jwks_cache_ttl.unwrap_or(Duration::from_secs(600));
+            let max_stale = o.max_stale.unwrap_or(Duration::from_secs(3600));
+            if max_stale < jwks_cache_ttl {
+                problem(
+                    at("max_stale"),
+                    "must be at least jwks_cache_ttl (keys go stale only after they expire)".into(),
+                );
+            }
+            for m in &o.group_mappings {
+                if m.group.is_empty() || m.claim.is_empty() {
+                    problem(
+                        at("group_mappings"),
+                        "each mapping needs a claim and a group".into(),
+                    );
+                }
+            }
+            oidc.push(OidcIssuerConfig {
+                client_id: o.client_id.unwrap_or_else(|| audience.clone()),
+                name,
+                issuer,
+                audience,
+                algorithms,
+                groups_claim: o.groups_claim.unwrap_or_else(|| "groups".into()),
+                group_mappings: o.group_mappings,
+                required_claims: o.required_claims,
+                kind: o.kind,
+                max_token_lifetime: o
+                    .max_token_lifetime
+                    .unwrap_or(Duration::from_secs(24 * 3600)),
+                leeway,
+                token_types: o
+                    .token_types
+                    .unwrap_or_else(|| vec!["JWT".into(), "at+jwt".into()]),
+                ca_file: o.ca_file.map(resolve),
+                jwks_cache_ttl,
+                max_stale,
+                refresh_cooldown: o.refresh_cooldown.unwrap_or(Duration::from_secs(30)),
+                fetch_timeout: o.fetch_timeout.unwrap_or(Duration::from_secs(5)),
+            });
+        }
+
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -468,6 +689,7 @@ impl RawConfig {
                     .reload_interval
                     .unwrap_or(Duration::from_secs(2)),
             },
+            identity: IdentityConfig { oidc },
             connections,
         })
     }
@@ -586,6 +808,52 @@ mod tests {
             panic!()
         };
         assert_eq!(problems[0].path, "connections[1].name");
+    }
+
+    #[test]
+    fn oidc_issuers_parse_with_pinned_defaults() {
+        let c = parse(
+            r#"
+            [[identity.oidc]]
+            name = "github"
+            issuer = "https://token.actions.githubusercontent.com"
+            audience = "gatehouse"
+            kind = "workload"
+            group_mappings = [{ claim = "repository_owner", equals = "acme", group = "ci" }]
+            required_claims = { repository_owner = "acme" }
+            "#,
+        )
+        .unwrap();
+        let o = &c.identity.oidc[0];
+        assert_eq!(o.algorithms, vec!["RS256", "ES256", "EdDSA"]);
+        assert_eq!(o.client_id, "gatehouse");
+        assert_eq!(o.groups_claim, "groups");
+        assert_eq!(o.kind, OidcSubjectKind::Workload);
+        assert_eq!(o.group_mappings[0].group, "ci");
+        assert_eq!(o.leeway, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn unsafe_oidc_settings_are_refused() {
+        let Err(ParseError::Invalid(problems)) = parse(
+            r#"
+            [[identity.oidc]]
+            name = "gatehouse"
+            issuer = "http://idp.example"
+            audience = "x"
+            algorithms = ["HS256", "none"]
+            leeway = "5m"
+            "#,
+        ) else {
+            panic!("expected validation problems");
+        };
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        for expected in ["].name", "].issuer", "\"HS256\"", "\"none\"", "].leeway"] {
+            assert!(
+                text.iter().any(|t| t.contains(expected)),
+                "{expected} missing in {text:?}"
+            );
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::classify::Classification;
 use crate::config::{Config, ConnectionConfig};
 use crate::identity::Identity;
 use crate::recorder::{RecordError, Recorder};
-use crate::store::{Outcome, Record, SessionRow, StatementRow, Store};
+use crate::store::{Outcome, Record, SessionRow, StatementRow};
 use crate::time::{Micros, now_micros};
 
 /// The most bytes of statement parameters recorded per command; the rest is cut with a marker.
@@ -161,13 +161,13 @@ pub struct SessionStart {
 impl Pipeline {
     pub fn new(
         config: Arc<Config>,
-        store: Store,
+        authenticator: Authenticator,
         recorder: Recorder,
         authorizer: Arc<dyn Authorizer>,
     ) -> Self {
         Pipeline {
             config,
-            authenticator: Authenticator::new(store),
+            authenticator,
             authorizer,
             recorder,
         }

@@ -31,7 +31,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = Store::open(&config.store.url)
         .await
         .with_context(|| format!("cannot open the store at {}", config.store.url))?;
-    let auth = Authenticator::new(store.clone());
+    let mut auth = Authenticator::new(store.clone());
+    if !config.identity.oidc.is_empty() {
+        let oidc = gatehouse_oidc::OidcVerifier::new(&config.identity.oidc)
+            .context("cannot set up the OIDC issuers")?;
+        oidc.warm();
+        auth = auth.with_federation(Arc::new(oidc));
+    }
     ensure_admin_token(&auth, data_dir).await?;
 
     let tls = gatehouse_core::tls::server_config(
@@ -55,7 +61,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (recorder, _writer) = Recorder::start(store.clone());
     let pipeline = Arc::new(Pipeline::new(
         config.clone(),
-        store.clone(),
+        auth.clone(),
         recorder,
         authorizer,
     ));
