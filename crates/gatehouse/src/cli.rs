@@ -32,6 +32,20 @@ pub enum Command {
     Connections(ConnectionsCommand),
     /// Show the identity and groups the gateway sees for the current token.
     Whoami(ApiArgs),
+    /// Log in through one of the gateway's OIDC issuers (device flow) and store the token.
+    Login {
+        /// The issuer's name in the gateway's config (`[[identity.oidc]] name`).
+        #[arg(long)]
+        issuer: String,
+        /// Extra trust roots (PEM) for an identity provider behind a private CA.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Also print the token on stdout, e.g. for PGPASSWORD.
+        #[arg(long)]
+        print: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Cedar policies: validate them, or explain a decision.
     #[command(subcommand)]
     Policy(PolicyCommand),

@@ -12,20 +12,35 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
+    /// A client with `--token`/`GATEHOUSE_TOKEN`, else the token `gatehouse login` stored.
     pub fn new(args: &ApiArgs) -> anyhow::Result<Self> {
-        let token = args.token.clone().ok_or_else(|| {
-            anyhow!("no token: set GATEHOUSE_TOKEN or pass --token (the first start writes an admin token to <data_dir>/admin.token)")
-        })?;
+        let token = args
+            .token
+            .clone()
+            .or_else(|| crate::login::stored_token(&args.url))
+            .ok_or_else(|| {
+                anyhow!("no token: set GATEHOUSE_TOKEN, pass --token, or run `gatehouse login` (the first start writes an admin token to <data_dir>/admin.token)")
+            })?;
+        Ok(Self::with_token(args, token))
+    }
+
+    /// A client that presents `token`.
+    pub fn with_token(args: &ApiArgs, token: String) -> Self {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(std::time::Duration::from_secs(30)))
             .build()
             .into();
-        Ok(ApiClient {
+        ApiClient {
             base: args.url.trim_end_matches('/').to_string(),
             token,
             agent,
-        })
+        }
+    }
+
+    /// A client for the few endpoints that need no token.
+    pub fn anonymous(args: &ApiArgs) -> Self {
+        Self::with_token(args, String::new())
     }
 
     pub fn get(&self, path: &str) -> anyhow::Result<Value> {

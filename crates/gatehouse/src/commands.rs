@@ -30,6 +30,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sessions(cmd) => sessions(cmd),
         Command::Connections(ConnectionsCommand::List(api)) => connections(&api),
         Command::Whoami(api) => whoami(&api),
+        Command::Login {
+            issuer,
+            ca_file,
+            print,
+            api,
+        } => crate::login::login(&api, &issuer, ca_file, print),
         Command::Policy(PolicyCommand::Check(arg)) => crate::policy::check(&load_config(&arg)?),
         Command::Policy(PolicyCommand::Explain {
             config,
@@ -359,6 +365,7 @@ fn whoami(api: &ApiArgs) -> anyhow::Result<ExitCode> {
         return print_json(&v).map(|_| ExitCode::SUCCESS);
     }
     println!("subject   {}", text(&v["subject"]));
+    println!("name      {}", text(&v["display_name"]));
     println!("issuer    {}", text(&v["issuer"]));
     println!("kind      {}", text(&v["kind"]));
     println!("groups    {}", text(&v["groups"]));

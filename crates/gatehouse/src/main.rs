@@ -4,6 +4,7 @@
 mod cli;
 mod client;
 mod commands;
+mod login;
 mod policy;
 mod serve;
 mod table;

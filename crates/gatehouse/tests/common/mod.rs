@@ -288,6 +288,8 @@ pub const ALLOW_ALL: &str = "@id(\"test.allow-all\")\npermit(principal, action, 
 pub struct GatewayOptions {
     pub server_extra: String,
     pub connections_extra: String,
+    /// Whole sections (such as `[[identity.oidc]]`) appended at the end of the file.
+    pub extra_sections: String,
     /// Policy files (name, text) in `policies/`. Empty: one allow-all policy.
     pub policies: Vec<(String, String)>,
     /// Configure no policy files at all (the built-in administrators-only policy).
@@ -419,7 +421,10 @@ database = "appdb"
 user = "app"
 password = "env:GH_TEST_WRONG_PASSWORD"
 {connections_extra}
+
+{extra_sections}
 "#,
+            extra_sections = options.extra_sections,
             server_extra = options.server_extra,
             connections_extra = options.connections_extra,
             port = cluster.port,
