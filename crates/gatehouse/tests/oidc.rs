@@ -139,6 +139,18 @@ async fn psql_with_an_oidc_token_and_each_bad_token_gets_its_reason() {
         );
     }
 
+    // The SQLSTATE is the one for a bad password.
+    let err = driver_config(
+        &gw,
+        "appdb",
+        &idp.mint(&idp.claims("user-1", "another-service")),
+    )
+    .connect(NoTls)
+    .await
+    .err()
+    .expect("a wrong audience is refused");
+    assert_eq!(err.code().map(|c| c.code()), Some("28P01"), "{err}");
+
     // The session is recorded under (issuer, sub), with the human kind and the token's groups.
     let sessions = gw.cli_json(&["sessions", "list"]);
     let first = sessions["sessions"]
@@ -218,6 +230,45 @@ async fn rotation_outage_and_expiry_with_live_sessions() {
     assert!(db.message().contains("expired"), "{}", db.message());
     drop(live);
     let _ = live_conn.await;
+
+    // The same with psql: an interactive session whose token expires is ended by the
+    // gateway; psql reports it at its next statement.
+    let short = {
+        let mut c = idp.claims("user-4", AUD);
+        c["groups"] = json!(["dba"]);
+        c["exp"] = json!(now() + 2);
+        idp.mint(&c)
+    };
+    let conninfo = gw.conninfo("appdb", "require");
+    let transcript = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = Command::new("psql")
+            .args(["-X", "-A", "-t"])
+            .arg(conninfo)
+            .env("PGPASSWORD", short)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("psql is installed (apt-get install -y postgresql-client)");
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "select 'before-expiry';").unwrap();
+        stdin.flush().unwrap();
+        std::thread::sleep(Duration::from_secs(4));
+        let _ = writeln!(stdin, "select 'after-expiry';");
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+    .await
+    .unwrap();
+    assert!(transcript.contains("before-expiry"), "{transcript}");
+    assert!(!transcript.contains("after-expiry"), "{transcript}");
+    assert!(transcript.contains("expired"), "{transcript}");
 }
 
 fn login(
