@@ -4,6 +4,7 @@
 //! to do. Administration (tokens, sessions) needs the `admin` group.
 
 mod error;
+mod reviews;
 mod routes;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ pub struct ApiState {
     pub config: Arc<Config>,
     pub store: Store,
     pub auth: Authenticator,
+    pub reviews: Arc<gatehouse_core::reviews::Reviews>,
 }
 
 /// The API's routes.

@@ -22,13 +22,14 @@ pub fn router() -> Router<ApiState> {
         .route("/api/v1/tokens/{selector}", delete(revoke_tokens))
         .route("/api/v1/sessions", get(list_sessions))
         .route("/api/v1/sessions/{id}", get(show_session))
+        .merge(crate::reviews::routes())
         .fallback(|| async {
             ApiError::not_found("no such API endpoint; the API lives under /api/v1")
         })
 }
 
 /// The caller, from `Authorization: Bearer <token>`.
-struct Caller(Identity);
+pub(crate) struct Caller(pub(crate) Identity);
 
 impl Caller {
     fn require_admin(&self) -> Result<(), ApiError> {

@@ -28,7 +28,15 @@ pub struct Config {
     pub store: StoreConfig,
     pub policy: PolicyConfig,
     pub identity: IdentityConfig,
+    pub reviews: ReviewsConfig,
     pub connections: Vec<ConnectionConfig>,
+}
+
+/// `[reviews]`: statements held for human approval.
+#[derive(Debug, Clone)]
+pub struct ReviewsConfig {
+    /// How long a held statement waits for a decision unless its policy says (`@timeout`).
+    pub timeout: Duration,
 }
 
 /// `[identity]`: identity providers trusted next to the gateway's own service-account tokens.
@@ -332,7 +340,16 @@ struct RawConfig {
     #[serde(default)]
     identity: RawIdentity,
     #[serde(default)]
+    reviews: RawReviews,
+    #[serde(default)]
     connections: Vec<RawConnection>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReviews {
+    #[serde(default, deserialize_with = "opt_duration")]
+    timeout: Option<Duration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -690,6 +707,9 @@ impl RawConfig {
                     .unwrap_or(Duration::from_secs(2)),
             },
             identity: IdentityConfig { oidc },
+            reviews: ReviewsConfig {
+                timeout: self.reviews.timeout.unwrap_or(Duration::from_secs(300)),
+            },
             connections,
         })
     }

@@ -5,6 +5,7 @@
 //! - [`identity`] and [`auth`]: who is acting, from which token; [`tokens`]: the token format.
 //! - [`pipeline`]: the seam every protocol adapter feeds (authorize, record, and later approve
 //!   and mask).
+//! - [`reviews`]: commands held for human approval, and the voting rules.
 //! - [`store`] and [`recorder`]: where sessions and statements are kept, written in batches.
 //! - [`tls`]: client-facing TLS material.
 
@@ -15,6 +16,7 @@ pub mod fsutil;
 pub mod identity;
 pub mod pipeline;
 pub mod recorder;
+pub mod reviews;
 pub mod secret;
 pub mod store;
 pub mod time;

@@ -16,7 +16,9 @@ use crate::classify::Classification;
 use crate::config::{Config, ConnectionConfig};
 use crate::identity::Identity;
 use crate::recorder::{RecordError, Recorder};
+use crate::reviews::{Requester, ReviewOutcome, Reviews};
 use crate::store::{Outcome, Record, SessionRow, StatementRow};
+use crate::store::{ReviewRow, StoreError};
 use crate::time::{Micros, now_micros};
 
 /// The most bytes of statement parameters recorded per command; the rest is cut with a marker.
@@ -100,6 +102,9 @@ pub struct ReviewNeeded {
     pub approvers: Vec<String>,
     /// How many distinct approvals are needed.
     pub approvals: u32,
+    /// How long the command may wait for a decision (the policy's `@timeout`); `None`: the
+    /// configured default.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// Why a command was refused, in words the client is shown.
@@ -147,6 +152,7 @@ pub struct Pipeline {
     authenticator: Authenticator,
     authorizer: Arc<dyn Authorizer>,
     recorder: Recorder,
+    reviews: Arc<Reviews>,
 }
 
 /// Who opened a session, to which connection, from where.
@@ -164,12 +170,14 @@ impl Pipeline {
         authenticator: Authenticator,
         recorder: Recorder,
         authorizer: Arc<dyn Authorizer>,
+        reviews: Arc<Reviews>,
     ) -> Self {
         Pipeline {
             config,
             authenticator,
             authorizer,
             recorder,
+            reviews,
         }
     }
 
@@ -239,6 +247,7 @@ impl Pipeline {
             connection: start.connection,
             authorizer: self.authorizer.clone(),
             recorder: self.recorder.clone(),
+            reviews: self.reviews.clone(),
         })
     }
 }
@@ -255,9 +264,31 @@ pub struct SessionHandle {
     connection: Arc<ConnectionConfig>,
     authorizer: Arc<dyn Authorizer>,
     recorder: Recorder,
+    reviews: Arc<Reviews>,
 }
 
 impl SessionHandle {
+    /// Step 3: holds `command` for the review `needed` describes. The adapter tells the client
+    /// the review's id at once, then waits with [`SessionHandle::await_review`].
+    pub async fn hold_for_review(
+        &self,
+        command: &CommandStart,
+        needed: &ReviewNeeded,
+    ) -> Result<ReviewRow, StoreError> {
+        let requester = Requester {
+            identity: &self.identity,
+            session_id: &self.id,
+            connection: &self.connection.name,
+            client_addr: self.client_addr.to_string(),
+        };
+        self.reviews.hold(requester, command, needed).await
+    }
+
+    /// Waits for the decision on a held command; an approval is consumed by this call.
+    pub async fn await_review(&self, review: &ReviewRow) -> ReviewOutcome {
+        self.reviews.wait(review).await
+    }
+
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -329,8 +360,12 @@ impl SessionHandle {
         self.recorder.record(Record::Statement(Box::new(row))).await
     }
 
-    /// Records the end of the session and why it ended.
+    /// Records the end of the session and why it ended. Reviews still held for it can never
+    /// run now and are marked abandoned.
     pub async fn close(&self, reason: &str) {
+        self.reviews
+            .abandon_session(&self.id, "the session ended before the statement ran")
+            .await;
         let record = Record::SessionClosed {
             id: self.id.to_string(),
             ended_at: now_micros(),

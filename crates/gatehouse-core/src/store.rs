@@ -84,7 +84,49 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ALTER TABLE service_tokens ADD COLUMN allowed_networks TEXT;
     "#,
     ),
+    (
+        4,
+        r#"
+    CREATE TABLE reviews (
+        id                TEXT PRIMARY KEY,
+        kind              TEXT NOT NULL,
+        state             TEXT NOT NULL,
+        session_id        TEXT,
+        connection        TEXT NOT NULL,
+        requester         TEXT NOT NULL,
+        requester_name    TEXT NOT NULL,
+        requester_groups  TEXT NOT NULL,
+        client_addr       TEXT,
+        text              TEXT NOT NULL,
+        params            TEXT,
+        text_hash         TEXT NOT NULL,
+        params_hash       TEXT NOT NULL,
+        classification    TEXT,
+        policy            TEXT NOT NULL,
+        approvers         TEXT NOT NULL,
+        approvals_needed  INTEGER NOT NULL,
+        created_at        INTEGER NOT NULL,
+        expires_at        INTEGER NOT NULL,
+        decided_at        INTEGER,
+        reason            TEXT
+    );
+    CREATE INDEX reviews_state ON reviews(state, created_at);
+    CREATE INDEX reviews_session ON reviews(session_id);
+    CREATE TABLE review_votes (
+        review_id   TEXT NOT NULL,
+        voter       TEXT NOT NULL,
+        voter_name  TEXT NOT NULL,
+        approve     INTEGER NOT NULL,
+        reason      TEXT,
+        at          INTEGER NOT NULL,
+        PRIMARY KEY (review_id, voter)
+    );
+    "#,
+    ),
 ];
+
+mod reviews;
+pub use reviews::{NewVote, ReviewRow, ReviewState, VoteRow};
 
 /// Columns read for a token; named, never `*`, so a schema change cannot shift them. Macros,
 /// so queries stay `&'static str` (sqlx refuses SQL built at run time).

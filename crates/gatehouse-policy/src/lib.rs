@@ -340,6 +340,7 @@ fn policy_names<'a>(set: &PolicySet, ids: impl Iterator<Item = &'a PolicyId>) ->
 fn review_of(set: &PolicySet, permitting: &[PolicyId]) -> ReviewNeeded {
     let mut approvers = Vec::new();
     let mut approvals = 1u32;
+    let mut timeout: Option<std::time::Duration> = None;
     let mut policy = String::new();
     for id in permitting {
         let Some(p) = set.policy(id) else { continue };
@@ -363,6 +364,13 @@ fn review_of(set: &PolicySet, permitting: &[PolicyId]) -> ReviewNeeded {
         {
             approvals = approvals.max(n);
         }
+        if let Some(t) = p
+            .annotation("timeout")
+            .and_then(|t| humantime::parse_duration(t.trim()).ok())
+        {
+            // Several policies: the shortest wait wins.
+            timeout = Some(timeout.map_or(t, |old| old.min(t)));
+        }
     }
     approvers.sort();
     approvers.dedup();
@@ -370,6 +378,7 @@ fn review_of(set: &PolicySet, permitting: &[PolicyId]) -> ReviewNeeded {
         policy,
         approvers,
         approvals,
+        timeout,
     }
 }
 

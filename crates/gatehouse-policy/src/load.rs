@@ -36,6 +36,41 @@ pub enum LoadError {
     DuplicateId(String),
     #[error("the policies do not match the Gatehouse schema:\n{0}")]
     Invalid(String),
+    #[error("{path}: policy \"{policy}\": {message}")]
+    Annotation {
+        path: PathBuf,
+        policy: String,
+        message: String,
+    },
+}
+
+/// Checks the review annotations a policy carries, so a typo cannot silently turn a
+/// two-approver rule into a one-approver rule or an unbounded wait.
+fn check_annotations(policy: &cedar_policy::Policy) -> Result<(), String> {
+    if let Some(n) = policy.annotation("approvals") {
+        match n.trim().parse::<u32>() {
+            Ok(1..=10) => {}
+            _ => return Err(format!("@approvals(\"{n}\") must be a number from 1 to 10")),
+        }
+    }
+    if let Some(t) = policy.annotation("timeout") {
+        match humantime::parse_duration(t.trim()) {
+            Ok(d)
+                if d >= std::time::Duration::from_secs(1)
+                    && d <= std::time::Duration::from_secs(7 * 86400) => {}
+            _ => {
+                return Err(format!(
+                    "@timeout(\"{t}\") must be a duration from 1s to 7d, such as \"10m\""
+                ));
+            }
+        }
+    }
+    if let Some(groups) = policy.annotation("approvers")
+        && groups.split(',').all(|g| g.trim().is_empty())
+    {
+        return Err("@approvers names no group".into());
+    }
+    Ok(())
 }
 
 /// The shipped schema, parsed.
@@ -108,6 +143,11 @@ pub fn load(patterns: &[String], base: &Path) -> Result<Policies, LoadError> {
                 .annotation("id")
                 .map(str::to_string)
                 .unwrap_or_else(|| format!("{stem}#{i}"));
+            check_annotations(&policy).map_err(|message| LoadError::Annotation {
+                path: path.clone(),
+                policy: name.clone(),
+                message,
+            })?;
             let renamed = policy.new_id(PolicyId::new(&name));
             combined
                 .add(renamed)

@@ -92,6 +92,10 @@ fn writes_in_prod_need_a_dba_approval() {
     assert_eq!(review.policy, "prod-writes-need-dba-approval");
     assert_eq!(review.approvers, vec!["dba"]);
     assert_eq!(review.approvals, 1);
+    assert_eq!(
+        review.timeout, None,
+        "no @timeout: the configured default applies"
+    );
 }
 
 #[test]
@@ -208,6 +212,25 @@ fn bad_files_are_rejected_with_their_name() {
     assert!(load_one("action.cedar").contains("schema"));
 
     assert!(load_one("missing-*.cedar").contains("matches no file"));
+
+    for (name, annotation, expected) in [
+        ("n.cedar", "@approvals(\"two\")", "@approvals"),
+        ("z.cedar", "@approvals(\"0\")", "@approvals"),
+        ("t.cedar", "@timeout(\"soon\")", "@timeout"),
+        ("g.cedar", "@approvers(\" , \")", "@approvers"),
+    ] {
+        write(
+            name,
+            &format!(
+                "@id(\"typo\") {annotation} permit(principal, action, resource) when {{ context.approved }};"
+            ),
+        );
+        let message = load_one(name);
+        assert!(
+            message.contains(expected) && message.contains("typo"),
+            "{message}"
+        );
+    }
 
     write(
         "a.cedar",

@@ -14,8 +14,9 @@ pub struct CancelRegistry {
     inner: Arc<Mutex<HashMap<i32, Registered>>>,
 }
 
-/// A client-facing key and the backend it cancels.
-type Registered = (Vec<u8>, CancelTarget);
+/// A client-facing key, the backend it cancels, and the session's interrupt (which ends a
+/// wait for approval: the statement is not on the server yet, so only the gateway can cancel).
+type Registered = (Vec<u8>, CancelTarget, Arc<tokio::sync::Notify>);
 
 /// Removes its session's key from the registry when the session ends.
 pub struct CancelKey {
@@ -34,7 +35,7 @@ impl Drop for CancelKey {
 
 impl CancelRegistry {
     /// Issues a fresh client-facing key for `target`.
-    pub fn register(&self, target: CancelTarget) -> CancelKey {
+    pub fn register(&self, target: CancelTarget, interrupt: Arc<tokio::sync::Notify>) -> CancelKey {
         let mut rng = rand::rng();
         let key: [u8; 4] = rng.random();
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -45,7 +46,7 @@ impl CancelRegistry {
                 break pid;
             }
         };
-        map.insert(pid, (key.to_vec(), target));
+        map.insert(pid, (key.to_vec(), target, interrupt));
         CancelKey {
             registry: self.clone(),
             pid,
@@ -53,11 +54,12 @@ impl CancelRegistry {
         }
     }
 
-    /// The backend to cancel for a client's (pid, key), if the key matches exactly.
-    pub fn lookup(&self, pid: i32, key: &[u8]) -> Option<CancelTarget> {
+    /// The backend to cancel, and the session's interrupt, for a client's (pid, key), if the
+    /// key matches exactly.
+    pub fn lookup(&self, pid: i32, key: &[u8]) -> Option<(CancelTarget, Arc<tokio::sync::Notify>)> {
         let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let (expected, target) = map.get(&pid)?;
-        constant_time_eq(expected, key).then(|| target.clone())
+        let (expected, target, interrupt) = map.get(&pid)?;
+        constant_time_eq(expected, key).then(|| (target.clone(), interrupt.clone()))
     }
 
     /// No session holds a key (for tests).
@@ -102,12 +104,12 @@ mod tests {
     #[test]
     fn only_the_exact_key_finds_the_backend_and_drop_forgets_it() {
         let registry = CancelRegistry::default();
-        let key = registry.register(target());
+        let key = registry.register(target(), Default::default());
         assert_ne!(
             key.pid, 4242,
             "the backend pid is never reused as the client's"
         );
-        assert_eq!(registry.lookup(key.pid, &key.key).unwrap().pid, 4242);
+        assert_eq!(registry.lookup(key.pid, &key.key).unwrap().0.pid, 4242);
         let mut wrong = key.key;
         wrong[3] ^= 1;
         assert!(registry.lookup(key.pid, &wrong).is_none());

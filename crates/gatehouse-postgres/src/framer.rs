@@ -86,6 +86,11 @@ impl<R: AsyncRead + Unpin> Framer<R> {
         Ok(self.reader.read_buf(&mut self.buf).await? > 0)
     }
 
+    /// Bytes read but not yet handed out.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// `true` when a message was cut off by the end of the stream.
     pub fn has_partial(&self) -> bool {
         self.passthrough > 0 || !self.buf.is_empty()

@@ -390,7 +390,10 @@ async fn start_session(
         "session opened"
     );
 
-    let cancel_key = ctx.cancels.register(upstream.cancel.clone());
+    let interrupt = Arc::new(tokio::sync::Notify::new());
+    let cancel_key = ctx
+        .cancels
+        .register(upstream.cancel.clone(), interrupt.clone());
     let mut out = BytesMut::new();
     wire::authentication_ok(&mut out);
     out.extend_from_slice(&upstream.startup_frames);
@@ -406,7 +409,7 @@ async fn start_session(
         idle_in_transaction: ctx.pipeline.config().server.idle_in_transaction_timeout,
     };
     let cancel_target = upstream.cancel.clone();
-    let end = relay::relay(stream, upstream.stream, session.clone(), limits).await;
+    let end = relay::relay(stream, upstream.stream, session.clone(), limits, interrupt).await;
     let reason = end.reason;
     // The server notices a closed socket only when it next writes: a statement the client
     // abandoned would run on (holding its locks) unless it is cancelled.
@@ -434,7 +437,9 @@ async fn tell(stream: &mut PgStream, e: GatewayError) -> Stop {
 async fn cancel(pid: i32, key: &[u8], ctx: &PgContext) {
     // PostgreSQL never answers a cancel request; neither does the gateway, whatever the key.
     match ctx.cancels.lookup(pid, key) {
-        Some(target) => {
+        Some((target, interrupt)) => {
+            // A statement held for approval is only on the gateway: end its wait.
+            interrupt.notify_waiters();
             if let Err(e) = upstream::send_cancel(&target).await {
                 tracing::warn!(error = %e, "forwarding a cancel request failed");
             } else {

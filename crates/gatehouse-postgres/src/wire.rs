@@ -240,6 +240,16 @@ impl GatewayError {
         }
     }
 
+    /// A NoticeResponse: information the client shows but that fails nothing.
+    pub fn notice(code: &'static str, message: impl Into<String>) -> Self {
+        GatewayError {
+            severity: Severity::Notice,
+            code,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
     pub fn error(code: &'static str, message: impl Into<String>) -> Self {
         GatewayError {
             severity: Severity::Error,

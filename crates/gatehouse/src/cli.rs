@@ -46,6 +46,9 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Statements held for approval: list, show, approve, deny.
+    #[command(subcommand)]
+    Reviews(ReviewsCommand),
     /// Cedar policies: validate them, or explain a decision.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -158,4 +161,40 @@ pub enum SessionsCommand {
 pub enum ConnectionsCommand {
     /// Connections the gateway offers.
     List(ApiArgs),
+}
+
+#[derive(Subcommand)]
+pub enum ReviewsCommand {
+    /// Reviews you may see (yours, those you may decide; all for administrators).
+    List {
+        /// pending, approved, denied, expired, abandoned, executed or all.
+        #[arg(long, default_value = "pending")]
+        state: String,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// One review: who, where, the statement, its classification, the votes.
+    Show {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Approve a held statement (it then runs once).
+    Approve {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Deny a held statement; the requester is told who denied it and why.
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }

@@ -30,6 +30,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sessions(cmd) => sessions(cmd),
         Command::Connections(ConnectionsCommand::List(api)) => connections(&api),
         Command::Whoami(api) => whoami(&api),
+        Command::Reviews(cmd) => crate::reviews::run(cmd),
         Command::Login {
             issuer,
             ca_file,
@@ -127,12 +128,12 @@ fn check(arg: &ConfigArg) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_json(v: &Value) -> anyhow::Result<()> {
+pub(crate) fn print_json(v: &Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
-fn text(v: &Value) -> String {
+pub(crate) fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => table::cell(s, 200),

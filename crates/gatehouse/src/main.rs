@@ -6,6 +6,7 @@ mod client;
 mod commands;
 mod login;
 mod policy;
+mod reviews;
 mod serve;
 mod table;
 

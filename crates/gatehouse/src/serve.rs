@@ -11,6 +11,7 @@ use gatehouse_core::fsutil;
 use gatehouse_core::identity::ADMIN_GROUP;
 use gatehouse_core::pipeline::Pipeline;
 use gatehouse_core::recorder::Recorder;
+use gatehouse_core::reviews::Reviews;
 use gatehouse_core::store::Store;
 use gatehouse_postgres::PgContext;
 use tokio::net::TcpListener;
@@ -59,11 +60,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let authorizer = Arc::new(gatehouse_policy::PolicyAuthorizer { engine });
 
     let (recorder, _writer) = Recorder::start(store.clone());
+    // Held client connections do not survive a restart, so neither do their reviews.
+    let abandoned = store
+        .abandon_held_reviews(
+            None,
+            "the gateway restarted",
+            gatehouse_core::time::now_micros(),
+        )
+        .await
+        .context("cannot clean up reviews")?;
+    if abandoned > 0 {
+        tracing::info!(
+            abandoned,
+            "reviews of statements held before the restart are abandoned"
+        );
+    }
+    let reviews = Arc::new(Reviews::new(store.clone(), config.reviews.timeout));
     let pipeline = Arc::new(Pipeline::new(
         config.clone(),
         auth.clone(),
         recorder,
         authorizer,
+        reviews.clone(),
     ));
 
     let pg_listener = TcpListener::bind(config.server.postgres_listen)
@@ -112,6 +130,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config: config.clone(),
             store,
             auth,
+            reviews,
         },
     ));
 

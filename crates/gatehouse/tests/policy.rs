@@ -25,9 +25,12 @@ fn example_policies() -> Vec<(String, String)> {
         .collect()
 }
 
+/// The example policies; statements held for review time out at once, as nobody approves here
+/// (approvals are tested in reviews.rs).
 fn with_examples() -> Gateway {
     Gateway::start_with(GatewayOptions {
         policies: example_policies(),
+        extra_sections: "[reviews]\ntimeout = \"100ms\"\n".into(),
         ..Default::default()
     })
 }
@@ -114,7 +117,7 @@ async fn example_policies_allow_deny_and_ask_for_review() {
         .await
         .unwrap();
 
-    // A write in prod needs a dba's approval: refused (approvals come later), nothing runs.
+    // A write in prod needs a dba's approval: held, not decided in time, nothing runs.
     let (code, message) = refused(&prod, "delete from pol_orders").await;
     assert_eq!(code, "42501");
     assert!(message.contains("approval"), "{message}");
@@ -162,8 +165,15 @@ async fn example_policies_allow_deny_and_ask_for_review() {
     assert_eq!(st[0]["policies"], serde_json::json!(["agents-read"]));
     assert_eq!(st[1]["decision"], "review");
     assert_eq!(
-        st[1]["policies"],
-        serde_json::json!(["prod-writes-need-dba-approval"])
+        st[1]["policies"][0],
+        serde_json::json!("prod-writes-need-dba-approval")
+    );
+    assert!(
+        st[1]["policies"][1]
+            .as_str()
+            .unwrap()
+            .starts_with("review:rv_"),
+        "{st}"
     );
 }
 

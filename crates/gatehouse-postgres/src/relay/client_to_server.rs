@@ -10,6 +10,8 @@ use gatehouse_core::classify::{Classification, Statement};
 use gatehouse_core::pipeline::{
     CommandStart, Decision, Denial, InFlight, ReviewNeeded, SessionHandle, Verdict, cap_params,
 };
+use gatehouse_core::reviews::ReviewOutcome;
+use gatehouse_core::store::ReviewRow;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -63,6 +65,21 @@ pub(super) struct ClientToServer<R, W> {
     pub(super) policy: ClientPolicy,
     pub(super) status: Arc<AtomicU8>,
     pub(super) idle_in_transaction: Option<std::time::Duration>,
+    /// Woken by the session's CancelRequest: ends a wait for approval.
+    pub(super) interrupt: Arc<tokio::sync::Notify>,
+}
+
+/// Most client bytes read ahead while a statement waits for approval; past it the gateway
+/// stops reading (the client's later messages wait in the socket).
+const HOLD_READ_AHEAD: usize = 1 << 20;
+
+/// A statement policy allows only once approved, held with the message that carries it.
+pub(super) struct Held {
+    frame: BytesMut,
+    start: CommandStart,
+    needed: ReviewNeeded,
+    /// A simple Query (which ends with its own ReadyForQuery) rather than an Execute.
+    simple: bool,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
@@ -74,14 +91,24 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
             };
             match unit {
                 Some(Unit::Streamed { bytes, .. }) => self.out.extend_from_slice(&bytes),
-                Some(Unit::Frame(frame)) => {
-                    if let Err(reason) = self.handle(frame) {
+                Some(Unit::Frame(frame)) => match self.handle(frame) {
+                    Ok(None) => {}
+                    Ok(Some(held)) => {
+                        // Everything before the held statement goes to the server now.
+                        if let Err(e) = self.flush().await {
+                            return EndReason::Io(e.to_string());
+                        }
+                        if let Err(reason) = self.hold(held).await {
+                            return reason;
+                        }
+                    }
+                    Err(reason) => {
                         if let Err(e) = self.flush().await {
                             return EndReason::Io(e.to_string());
                         }
                         return reason;
                     }
-                }
+                },
                 None => {
                     if let Err(e) = self.flush().await {
                         return EndReason::Io(e.to_string());
@@ -135,8 +162,111 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
         Ok(())
     }
 
-    /// Handles one whole client message; `Err` ends the session.
-    fn handle(&mut self, frame: BytesMut) -> Result<(), EndReason> {
+    /// Holds a statement until its review is decided, then runs or refuses it. Client input
+    /// is read ahead meanwhile only to notice a client that leaves; a CancelRequest ends the
+    /// wait.
+    async fn hold(&mut self, held: Held) -> Result<(), EndReason> {
+        let session = self.session.clone();
+        let review = match session.hold_for_review(&held.start, &held.needed).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot store a review");
+                let error = GatewayError::error(
+                    "58000",
+                    "Gatehouse cannot hold this statement for approval right now (its store is unavailable); the statement was not run",
+                );
+                let decision = Decision::deny("gatehouse.review", "the review could not be stored");
+                self.refuse_decided(held.start, decision, error, held.simple);
+                return Ok(());
+            }
+        };
+        self.push(Expect::Notice(awaiting_notice(&review)));
+        let outcome = {
+            let wait = session.await_review(&review);
+            tokio::pin!(wait);
+            let interrupt = self.interrupt.clone();
+            let mut reading = true;
+            loop {
+                tokio::select! {
+                    outcome = &mut wait => break Some(outcome),
+                    _ = interrupt.notified() => break Some(ReviewOutcome::Denied {
+                        by: "the client (CancelRequest)".into(),
+                        reason: Some("canceled while waiting for approval".into()),
+                    }),
+                    filled = self.framer.fill(), if reading => match filled {
+                        Ok(true) => reading = self.framer.buffered() < HOLD_READ_AHEAD,
+                        Ok(false) | Err(_) => break None,
+                    },
+                }
+            }
+        };
+        let Some(outcome) = outcome else {
+            // The session's close marks the review abandoned; it can never run now.
+            return Err(EndReason::ClientClosed);
+        };
+        // Recorded as the review decision it was, with the review that settled it; the
+        // outcome (ok, error, denied) says what came of it.
+        let mut policies = vec![held.needed.policy.clone(), format!("review:{}", review.id)];
+        policies.dedup();
+        let decision = Decision {
+            verdict: Verdict::Review(held.needed.clone()),
+            policies,
+        };
+        let approvers = if held.needed.approvers.is_empty() {
+            "an administrator".to_string()
+        } else {
+            format!("a member of {}", held.needed.approvers.join(" or "))
+        };
+        let (code, message) = match outcome {
+            ReviewOutcome::Approved => {
+                if held.simple {
+                    if let Some(c) = &held.start.classification {
+                        self.remember_sql_prepared(c);
+                    }
+                    let inflight = self.begin(held.start, decision);
+                    self.push(Expect::Simple(inflight));
+                } else {
+                    let inflight = self.begin(held.start, decision);
+                    self.push(Expect::Execute(inflight));
+                }
+                self.out.extend_from_slice(&held.frame);
+                return Ok(());
+            }
+            ReviewOutcome::Denied { by, reason } => (
+                if by.starts_with("the client") {
+                    "57014"
+                } else {
+                    "42501"
+                },
+                format!(
+                    "review {} was denied by {by}{}; the statement was not run",
+                    review.id,
+                    reason.map(|r| format!(": {r}")).unwrap_or_default()
+                ),
+            ),
+            ReviewOutcome::TimedOut => (
+                "42501",
+                format!(
+                    "review {} (policy {}: approval by {approvers}) was not decided in time; the statement was not run",
+                    review.id, held.needed.policy
+                ),
+            ),
+            ReviewOutcome::Unavailable(e) => (
+                "58000",
+                format!(
+                    "review {} cannot be completed ({e}); the statement was not run",
+                    review.id
+                ),
+            ),
+        };
+        let error = GatewayError::error(code, format!("Gatehouse: {message}"));
+        self.refuse_decided(held.start, decision, error, held.simple);
+        Ok(())
+    }
+
+    /// Handles one whole client message; `Err` ends the session, `Some` holds a statement for
+    /// review.
+    fn handle(&mut self, frame: BytesMut) -> Result<Option<Held>, EndReason> {
         let body = &frame[5..];
         match frame[0] {
             b'Q' => {
@@ -147,7 +277,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                             String::from_utf8_lossy(&body[..body.len().saturating_sub(1)]).into(),
                         );
                         self.refuse(start, not_utf8(what), true);
-                        return Ok(());
+                        return Ok(None);
                     }
                     Err(e) => return Err(self.fatal(e)),
                 };
@@ -172,9 +302,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                         let error = denied(denial);
                         self.refuse_decided(start, decision, error, true);
                     }
-                    Verdict::Review(review) => {
-                        let error = needs_review(review);
-                        self.refuse_decided(start, decision, error, true);
+                    Verdict::Review(needed) => {
+                        return Ok(Some(Held {
+                            needed: needed.clone(),
+                            frame,
+                            start,
+                            simple: true,
+                        }));
                     }
                 }
             }
@@ -287,9 +421,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                         let error = denied(denial);
                         self.refuse_decided(start, decision, error, false);
                     }
-                    Verdict::Review(review) => {
-                        let error = needs_review(review);
-                        self.refuse_decided(start, decision, error, false);
+                    Verdict::Review(needed) => {
+                        return Ok(Some(Held {
+                            needed: needed.clone(),
+                            frame,
+                            start,
+                            simple: false,
+                        }));
                     }
                 }
             }
@@ -325,7 +463,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
             }
             other => return Err(self.fatal(WireError::UnexpectedType(other as char))),
         }
-        Ok(())
+        Ok(None)
     }
 
     fn begin(&mut self, start: CommandStart, decision: Decision) -> InFlight {
@@ -449,20 +587,31 @@ fn unclassified(text: Arc<str>) -> CommandStart {
     }
 }
 
-fn needs_review(review: &ReviewNeeded) -> GatewayError {
+/// The NoticeResponse that tells the client its statement is held, with the review id and
+/// how to approve it.
+fn awaiting_notice(review: &ReviewRow) -> bytes::Bytes {
     let approvers = if review.approvers.is_empty() {
-        "an approver".to_string()
+        "an administrator".to_string()
     } else {
         format!("a member of {}", review.approvers.join(" or "))
     };
-    GatewayError::error(
-        "42501",
+    let mut out = BytesMut::new();
+    GatewayError::notice(
+        "01000",
         format!(
-            "this statement needs {} approval(s) from {approvers} (policy {}), and this version of Gatehouse cannot hold statements for approval yet",
-            review.approvals, review.policy
+            "Gatehouse is holding this statement for approval: review {} needs {} approval(s) from {approvers} (policy {}); waiting until {}",
+            review.id,
+            review.approvals_needed,
+            review.policy,
+            gatehouse_core::time::format_rfc3339(review.expires_at),
         ),
     )
-    .with_hint("run it through a connection or identity whose policy allows it without approval")
+    .with_hint(format!(
+        "an approver runs: gatehouse reviews approve {} (or deny it); cancel the query to stop waiting",
+        review.id
+    ))
+    .encode(&mut out);
+    out.freeze()
 }
 
 fn denied(denial: &Denial) -> GatewayError {

@@ -74,6 +74,9 @@ pub(super) enum Expect {
     },
     /// The client broke the protocol: send `error` and end the session.
     Fatal { error: Bytes, reason: String },
+    /// A NoticeResponse for the client, sent once everything before it has been answered
+    /// (such as "this statement awaits approval").
+    Notice(Bytes),
 }
 
 /// Limits for one session's relay.
@@ -100,6 +103,7 @@ pub async fn relay<C, S>(
     server: S,
     session: SessionHandle,
     limits: RelayLimits,
+    interrupt: Arc<tokio::sync::Notify>,
 ) -> RelayEnd
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -132,6 +136,7 @@ where
         policy: ClientPolicy(limits),
         status: status.clone(),
         idle_in_transaction: limits.idle_in_transaction,
+        interrupt,
     };
     let mut downstream = ServerToClient {
         framer: Framer::new(server_read),

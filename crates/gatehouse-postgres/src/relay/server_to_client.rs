@@ -76,7 +76,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
                                     let _ = self.flush().await;
                                     return EndReason::ProtocolViolation(reason);
                                 }
-                                Some(other) => self.queue.push_back(other),
+                                Some(other) => {
+                                    self.queue.push_back(other);
+                                    self.release_notices();
+                                }
                                 None => {}
                             }
                             Ok(())
@@ -100,6 +103,16 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
         Ok(())
     }
 
+    /// Sends the notices at the front of the queue: everything announced before them has been
+    /// answered. Called only between whole server messages.
+    fn release_notices(&mut self) {
+        while let Some(Expect::Notice(_)) = self.queue.front() {
+            if let Some(Expect::Notice(bytes)) = self.queue.pop_front() {
+                self.out.extend_from_slice(&bytes);
+            }
+        }
+    }
+
     /// Moves everything the client side has announced into the local queue.
     fn drain_announced(&mut self) -> Result<(), EndReason> {
         while let Ok(e) = self.expect.try_recv() {
@@ -113,6 +126,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
     }
 
     async fn handle(&mut self, frame: BytesMut) -> Result<(), EndReason> {
+        let result = self.handle_frame(frame).await;
+        self.release_notices();
+        result
+    }
+
+    async fn handle_frame(&mut self, frame: BytesMut) -> Result<(), EndReason> {
         match frame[0] {
             b'C' | b'I' | b's' => {
                 self.drain_announced()?;

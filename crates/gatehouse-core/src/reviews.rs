@@ -1,0 +1,313 @@
+//! Step 3 of the pipeline, approve: a command that policy allows only with a human approval is
+//! held (nothing reaches the target) while approvers decide. A review is bound to the one held
+//! command of one session and used once; the requester can never approve it; only members of
+//! the approver groups the policy names count; the first deny wins.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::identity::{ADMIN_GROUP, Identity};
+use crate::pipeline::{CommandStart, ReviewNeeded};
+use crate::store::{NewVote, ReviewRow, ReviewState, Store, StoreError};
+use crate::time::{add, now_micros};
+
+/// How often a waiting command re-reads its review, so approvals given through another
+/// gateway replica are seen even without an in-process wake-up.
+const POLL: Duration = Duration::from_secs(1);
+
+/// How a held command's review ended, for the waiting session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReviewOutcome {
+    /// Approved; the approval is consumed: the command runs now, once.
+    Approved,
+    Denied {
+        by: String,
+        reason: Option<String>,
+    },
+    /// Nobody decided in time.
+    TimedOut,
+    /// The store failed; the command is refused (fail closed).
+    Unavailable(String),
+}
+
+/// Why a vote was refused. The text is shown to the approver as is.
+#[derive(Debug, thiserror::Error)]
+pub enum VoteError {
+    #[error("no review {0}")]
+    NotFound(String),
+    #[error("review {id} is {state} and can no longer be decided")]
+    NotPending { id: String, state: &'static str },
+    #[error("you sent this statement; somebody else must review it")]
+    OwnRequest,
+    #[error("only members of {0} may approve this review")]
+    NotApprover(String),
+    #[error("you already voted on this review")]
+    AlreadyVoted,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Creates reviews, wakes the commands waiting on them, and applies the voting rules.
+pub struct Reviews {
+    store: Store,
+    default_timeout: Duration,
+    waiting: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
+}
+
+/// Who sent a held command, and where.
+pub struct Requester<'a> {
+    pub identity: &'a Identity,
+    pub session_id: &'a str,
+    pub connection: &'a str,
+    pub client_addr: String,
+}
+
+impl Reviews {
+    pub fn new(store: Store, default_timeout: Duration) -> Reviews {
+        Reviews {
+            store,
+            default_timeout,
+            waiting: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Stores a pending review for `command`, held until decided or `timeout` (the policy's,
+    /// else the default) passes.
+    pub async fn hold(
+        &self,
+        requester: Requester<'_>,
+        command: &CommandStart,
+        needed: &ReviewNeeded,
+    ) -> Result<ReviewRow, StoreError> {
+        let now = now_micros();
+        let timeout = needed.timeout.unwrap_or(self.default_timeout);
+        let params_json = serde_json::to_string(&command.params).unwrap_or_default();
+        let review = ReviewRow {
+            id: format!("rv_{}", hex::encode(rand::random::<[u8; 6]>())),
+            kind: "statement".into(),
+            state: ReviewState::Pending,
+            session_id: Some(requester.session_id.to_string()),
+            connection: requester.connection.to_string(),
+            requester: requester.identity.principal(),
+            requester_name: requester.identity.display_name.clone(),
+            requester_groups: requester.identity.groups.clone(),
+            client_addr: Some(requester.client_addr),
+            text: command.text.to_string(),
+            params: command.params.clone(),
+            text_hash: hex::encode(Sha256::digest(command.text.as_bytes())),
+            params_hash: hex::encode(Sha256::digest(params_json.as_bytes())),
+            classification: command
+                .classification
+                .as_ref()
+                .and_then(|c| serde_json::to_value(&**c).ok()),
+            policy: needed.policy.clone(),
+            approvers: needed.approvers.clone(),
+            approvals_needed: i64::from(needed.approvals.max(1)),
+            created_at: now,
+            expires_at: add(now, timeout),
+            decided_at: None,
+            reason: None,
+            votes: Vec::new(),
+        };
+        self.store.insert_review(&review).await?;
+        tracing::info!(review = %review.id, session = requester.session_id, policy = %review.policy, "held a statement for review");
+        Ok(review)
+    }
+
+    /// Waits until `review` is decided or expires. An approval is consumed here
+    /// (`approved` -> `executed`), so it runs exactly once.
+    pub async fn wait(&self, review: &ReviewRow) -> ReviewOutcome {
+        let notify = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(review.id.clone())
+            .or_default()
+            .clone();
+        let outcome = self.wait_inner(review, &notify).await;
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&review.id);
+        outcome
+    }
+
+    async fn wait_inner(&self, review: &ReviewRow, notify: &tokio::sync::Notify) -> ReviewOutcome {
+        loop {
+            let current = match self.store.get_review(&review.id).await {
+                Ok(Some(r)) => r,
+                Ok(None) => return ReviewOutcome::Unavailable("the review disappeared".into()),
+                Err(e) => return ReviewOutcome::Unavailable(e.to_string()),
+            };
+            let now = now_micros();
+            match current.state {
+                ReviewState::Approved => {
+                    return match self
+                        .store
+                        .transition_review(
+                            &review.id,
+                            ReviewState::Approved,
+                            ReviewState::Executed,
+                            None,
+                            now,
+                        )
+                        .await
+                    {
+                        Ok(true) => ReviewOutcome::Approved,
+                        Ok(false) => {
+                            ReviewOutcome::Unavailable("the approval was already used".into())
+                        }
+                        Err(e) => ReviewOutcome::Unavailable(e.to_string()),
+                    };
+                }
+                ReviewState::Denied => {
+                    let by = current
+                        .votes
+                        .iter()
+                        .find(|v| !v.approve)
+                        .map(|v| v.voter_name.clone())
+                        .unwrap_or_else(|| "an approver".into());
+                    return ReviewOutcome::Denied {
+                        by,
+                        reason: current.reason,
+                    };
+                }
+                ReviewState::Pending if now >= current.expires_at => {
+                    match self
+                        .store
+                        .transition_review(
+                            &review.id,
+                            ReviewState::Pending,
+                            ReviewState::Expired,
+                            Some("no decision before the timeout"),
+                            now,
+                        )
+                        .await
+                    {
+                        Ok(true) => return ReviewOutcome::TimedOut,
+                        Ok(false) => continue, // decided at the last moment: read again
+                        Err(e) => return ReviewOutcome::Unavailable(e.to_string()),
+                    }
+                }
+                ReviewState::Pending => {}
+                other => {
+                    return ReviewOutcome::Unavailable(format!("the review is {}", other.as_str()));
+                }
+            }
+            let until_expiry = Duration::from_micros((current.expires_at - now).max(0) as u64);
+            tokio::select! {
+                _ = notify.notified() => {}
+                _ = tokio::time::sleep(POLL.min(until_expiry)) => {}
+            }
+        }
+    }
+
+    /// Records `voter`'s approval or denial of review `id` under the rules, and wakes the held
+    /// command when the review is decided.
+    pub async fn vote(
+        &self,
+        id: &str,
+        voter: &Identity,
+        approve: bool,
+        reason: Option<&str>,
+    ) -> Result<ReviewRow, VoteError> {
+        let review = self
+            .store
+            .get_review(id)
+            .await?
+            .ok_or_else(|| VoteError::NotFound(id.to_string()))?;
+        if review.state != ReviewState::Pending {
+            return Err(VoteError::NotPending {
+                id: id.to_string(),
+                state: review.state.as_str(),
+            });
+        }
+        let principal = voter.principal();
+        if review.requester == principal {
+            return Err(VoteError::OwnRequest);
+        }
+        may_vote(&review, voter, approve)?;
+        if review.votes.iter().any(|v| v.voter == principal) {
+            return Err(VoteError::AlreadyVoted);
+        }
+        let vote = NewVote {
+            review_id: id,
+            voter: &principal,
+            voter_name: &voter.display_name,
+            approve,
+            reason,
+            at: now_micros(),
+        };
+        match self.store.vote_on_review(&vote).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(VoteError::NotPending {
+                    id: id.to_string(),
+                    state: "decided",
+                });
+            }
+            Err(StoreError::Database(sqlx::Error::Database(e))) if e.is_unique_violation() => {
+                return Err(VoteError::AlreadyVoted);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(review = id, voter = %principal, approve, "review vote");
+        if let Some(n) = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+        {
+            n.notify_one();
+        }
+        self.store
+            .get_review(id)
+            .await?
+            .ok_or_else(|| VoteError::NotFound(id.to_string()))
+    }
+
+    /// A session ended: its held reviews can never run.
+    pub async fn abandon_session(&self, session_id: &str, reason: &str) {
+        if let Err(e) = self
+            .store
+            .abandon_held_reviews(Some(session_id), reason, now_micros())
+            .await
+        {
+            tracing::error!(session = session_id, error = %e, "cannot mark held reviews abandoned");
+        }
+    }
+
+    /// Whether `who` may see review `r`: its requester, its approvers, and administrators.
+    pub fn may_see(r: &ReviewRow, who: &Identity) -> bool {
+        who.in_group(ADMIN_GROUP)
+            || r.requester == who.principal()
+            || r.approvers.iter().any(|g| who.in_group(g))
+    }
+}
+
+/// Approvers are the members of the policy's approver groups (administrators when it names
+/// none). Administrators may always deny: refusing is never the risky direction.
+fn may_vote(review: &ReviewRow, voter: &Identity, approve: bool) -> Result<(), VoteError> {
+    let approver = if review.approvers.is_empty() {
+        voter.in_group(ADMIN_GROUP)
+    } else {
+        review.approvers.iter().any(|g| voter.in_group(g))
+    };
+    if approver || (!approve && voter.in_group(ADMIN_GROUP)) {
+        return Ok(());
+    }
+    let groups = if review.approvers.is_empty() {
+        format!("group \"{ADMIN_GROUP}\"")
+    } else {
+        review
+            .approvers
+            .iter()
+            .map(|g| format!("\"{g}\""))
+            .collect::<Vec<_>>()
+            .join(" or ")
+    };
+    Err(VoteError::NotApprover(groups))
+}
