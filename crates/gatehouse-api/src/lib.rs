@@ -4,6 +4,7 @@
 //! to do. Administration (tokens, sessions) needs the `admin` group.
 
 mod error;
+mod exec;
 mod reviews;
 mod routes;
 
@@ -23,6 +24,14 @@ pub struct ApiState {
     pub store: Store,
     pub auth: Authenticator,
     pub reviews: Arc<gatehouse_core::reviews::Reviews>,
+    pub pipeline: Arc<gatehouse_core::pipeline::Pipeline>,
+    /// How one-shot commands run, per connection kind.
+    pub runners: Arc<
+        std::collections::HashMap<
+            gatehouse_core::config::ConnectionKind,
+            Arc<dyn gatehouse_core::exec::CommandRunner>,
+        >,
+    >,
 }
 
 /// The API's routes.

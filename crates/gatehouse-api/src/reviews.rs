@@ -40,6 +40,11 @@ async fn list_reviews(
         })?),
     };
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    state
+        .reviews
+        .expire_overdue()
+        .await
+        .map_err(ApiError::internal)?;
     let reviews: Vec<_> = state
         .store
         .list_reviews(wanted, limit)
@@ -56,6 +61,11 @@ async fn show_review(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    state
+        .reviews
+        .expire_overdue()
+        .await
+        .map_err(ApiError::internal)?;
     let review = state
         .store
         .get_review(&id)

@@ -158,6 +158,8 @@ pub struct ServerConfig {
     /// How often a live session re-checks its credential, so that a revoked or expired token
     /// ends the session within this time.
     pub credential_recheck_interval: Duration,
+    /// Deadline for a one-shot command (`gatehouse exec`, REST, MCP) once connected.
+    pub exec_timeout: Duration,
     /// How long a client may keep a transaction open without sending anything before the
     /// gateway ends the session (the server rolls the transaction back). `None`: no limit.
     pub idle_in_transaction_timeout: Option<Duration>,
@@ -185,7 +187,7 @@ pub struct ConnectionConfig {
 }
 
 /// The protocol a connection speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConnectionKind {
     Postgres,
@@ -420,6 +422,8 @@ struct RawServer {
     credential_recheck_interval: Option<Duration>,
     #[serde(default, deserialize_with = "opt_duration")]
     idle_in_transaction_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    exec_timeout: Option<Duration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -690,6 +694,7 @@ impl RawConfig {
                     .server
                     .credential_recheck_interval
                     .unwrap_or(Duration::from_secs(5)),
+                exec_timeout: self.server.exec_timeout.unwrap_or(Duration::from_secs(60)),
                 // "0s" turns the limit off.
                 idle_in_transaction_timeout: match self.server.idle_in_transaction_timeout {
                     Some(d) if d.is_zero() => None,

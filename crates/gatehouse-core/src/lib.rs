@@ -5,6 +5,7 @@
 //! - [`identity`] and [`auth`]: who is acting, from which token; [`tokens`]: the token format.
 //! - [`pipeline`]: the seam every protocol adapter feeds (authorize, record, and later approve
 //!   and mask).
+//! - [`exec`]: one-shot commands (CLI, REST, MCP) through the same pipeline.
 //! - [`reviews`]: commands held for human approval, and the voting rules.
 //! - [`store`] and [`recorder`]: where sessions and statements are kept, written in batches.
 //! - [`tls`]: client-facing TLS material.
@@ -12,6 +13,7 @@
 pub mod auth;
 pub mod classify;
 pub mod config;
+pub mod exec;
 pub mod fsutil;
 pub mod identity;
 pub mod pipeline;

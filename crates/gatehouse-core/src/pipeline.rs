@@ -185,6 +185,11 @@ impl Pipeline {
         &self.config
     }
 
+    /// The review service (for one-shot commands run after approval).
+    pub fn reviews(&self) -> &Reviews {
+        &self.reviews
+    }
+
     /// Step 1: who is this? Accepts any credential the gateway trusts.
     pub async fn authenticate(
         &self,
@@ -276,6 +281,11 @@ impl SessionHandle {
         needed: &ReviewNeeded,
     ) -> Result<ReviewRow, StoreError> {
         let requester = Requester {
+            kind: if self.protocol == crate::exec::EXEC_PROTOCOL {
+                "exec"
+            } else {
+                "statement"
+            },
             identity: &self.identity,
             session_id: &self.id,
             connection: &self.connection.name,

@@ -50,6 +50,21 @@ pub enum VoteError {
     Store(#[from] StoreError),
 }
 
+/// Why an approved one-shot review could not be run.
+#[derive(Debug, thiserror::Error)]
+pub enum TakeError {
+    #[error("no review {0} of yours to run; `gatehouse reviews list --state all` shows yours")]
+    NotYours(String),
+    #[error("that review is for connection \"{0}\"")]
+    OtherConnection(String),
+    #[error("the command differs from the one that was reviewed; run the review without a command")]
+    OtherCommand,
+    #[error("review {id} is {state}; only an approved review can be run, once")]
+    NotApproved { id: String, state: &'static str },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// Creates reviews, wakes the commands waiting on them, and applies the voting rules.
 pub struct Reviews {
     store: Store,
@@ -59,6 +74,9 @@ pub struct Reviews {
 
 /// Who sent a held command, and where.
 pub struct Requester<'a> {
+    /// `statement` (held on a live session) or `exec` (a one-shot request that is run later
+    /// with `gatehouse exec --review`).
+    pub kind: &'static str,
     pub identity: &'a Identity,
     pub session_id: &'a str,
     pub connection: &'a str,
@@ -87,7 +105,7 @@ impl Reviews {
         let params_json = serde_json::to_string(&command.params).unwrap_or_default();
         let review = ReviewRow {
             id: format!("rv_{}", hex::encode(rand::random::<[u8; 6]>())),
-            kind: "statement".into(),
+            kind: requester.kind.into(),
             state: ReviewState::Pending,
             session_id: Some(requester.session_id.to_string()),
             connection: requester.connection.to_string(),
@@ -214,6 +232,7 @@ impl Reviews {
         approve: bool,
         reason: Option<&str>,
     ) -> Result<ReviewRow, VoteError> {
+        self.expire_overdue().await?;
         let review = self
             .store
             .get_review(id)
@@ -267,6 +286,61 @@ impl Reviews {
             .get_review(id)
             .await?
             .ok_or_else(|| VoteError::NotFound(id.to_string()))
+    }
+
+    /// Takes the approval of a one-shot (`exec`) review for running it now: only its
+    /// requester may, on its connection, once.
+    pub async fn take_exec_approval(
+        &self,
+        id: &str,
+        who: &Identity,
+        connection: &str,
+        text: Option<&str>,
+    ) -> Result<ReviewRow, TakeError> {
+        self.expire_overdue().await?;
+        let review = self
+            .store
+            .get_review(id)
+            .await?
+            .filter(|r| r.kind == "exec" && r.requester == who.principal())
+            .ok_or_else(|| TakeError::NotYours(id.to_string()))?;
+        if review.connection != connection {
+            return Err(TakeError::OtherConnection(review.connection));
+        }
+        if text.is_some_and(|t| t != review.text) {
+            return Err(TakeError::OtherCommand);
+        }
+        if review.state != ReviewState::Approved {
+            return Err(TakeError::NotApproved {
+                id: id.to_string(),
+                state: review.state.as_str(),
+            });
+        }
+        let taken = self
+            .store
+            .transition_review(
+                id,
+                ReviewState::Approved,
+                ReviewState::Executed,
+                None,
+                now_micros(),
+            )
+            .await?;
+        if !taken {
+            return Err(TakeError::NotApproved {
+                id: id.to_string(),
+                state: "executed",
+            });
+        }
+        Ok(review)
+    }
+
+    /// Expires reviews past their deadline, so nobody decides or runs them late.
+    pub async fn expire_overdue(&self) -> Result<(), StoreError> {
+        self.store
+            .expire_overdue_reviews(now_micros())
+            .await
+            .map(|_| ())
     }
 
     /// A session ended: its held reviews can never run.

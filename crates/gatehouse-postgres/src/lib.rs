@@ -4,10 +4,12 @@
 //!   streams into messages without copying.
 //! - [`session`]: one client connection from TLS to relay; [`relay`]: the authorized session,
 //!   where every statement meets the core pipeline.
+//! - [`oneshot`]: one-shot commands for `gatehouse exec`, the REST API and MCP.
 //! - [`upstream`]: the gateway as a client of the real server; [`cancel`]: cancel-key mapping.
 
 pub mod cancel;
 pub mod framer;
+pub mod oneshot;
 pub mod relay;
 pub mod session;
 pub mod stream;

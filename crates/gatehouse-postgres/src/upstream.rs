@@ -273,11 +273,19 @@ async fn authenticate(
 
 /// Reads one whole backend frame (tag, length, body) during startup.
 async fn read_frame(stream: &mut PgStream) -> Result<BytesMut, UpstreamError> {
+    read_frame_limited(stream, LARGE_MESSAGE_LIMIT).await
+}
+
+/// Reads one whole server message of at most `limit` bytes.
+pub(crate) async fn read_frame_limited(
+    stream: &mut PgStream,
+    limit: usize,
+) -> Result<BytesMut, UpstreamError> {
     let mut header = [0u8; 5];
     stream.read_exact(&mut header).await?;
     let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-    let body_len = wire::message_body_len(len, LARGE_MESSAGE_LIMIT)
-        .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+    let body_len =
+        wire::message_body_len(len, limit).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
     let mut frame = BytesMut::with_capacity(5 + body_len);
     frame.extend_from_slice(&header);
     frame.resize(5 + body_len, 0);

@@ -46,6 +46,26 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Run one command on a connection through the gateway (waits for an approval if policy
+    /// needs one). Exit codes: 0 done, 1 error, 3 awaiting approval (--no-wait), 4 refused.
+    Exec {
+        /// The connection to run it on.
+        connection: String,
+        /// The command.
+        #[arg(short = 'e', long = "execute")]
+        sql: Option<String>,
+        /// Run the command of this approved review (once).
+        #[arg(long, conflicts_with = "no_wait")]
+        review: Option<String>,
+        /// Do not wait for an approval: print the review id and exit with code 3.
+        #[arg(long)]
+        no_wait: bool,
+        /// Most rows shown per statement.
+        #[arg(long, default_value_t = 1000)]
+        max_rows: usize,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Statements held for approval: list, show, approve, deny.
     #[command(subcommand)]
     Reviews(ReviewsCommand),

@@ -61,6 +61,26 @@ impl ApiClient {
         self.finish(resp)
     }
 
+    /// POSTs and returns the status with the body, for endpoints whose 2xx and 403 answers
+    /// both carry meaning; other failures are errors as usual.
+    pub fn post_status(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+        let resp = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .send_json(body);
+        let mut resp = resp.with_context(|| format!("cannot reach the gateway at {} (is `gatehouse serve` running? is GATEHOUSE_URL right?)", self.base))?;
+        let status = resp.status().as_u16();
+        let value: Value = resp.body_mut().read_json().with_context(|| {
+            format!("the gateway answered {status} with a body that is not JSON")
+        })?;
+        if status == 403 || (200..300).contains(&status) {
+            return Ok((status, value));
+        }
+        let message = value["error"]["message"].as_str().unwrap_or("no message");
+        bail!("{message} (HTTP {status})");
+    }
+
     pub fn delete(&self, path: &str) -> anyhow::Result<Value> {
         let resp = self
             .agent

@@ -31,6 +31,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Connections(ConnectionsCommand::List(api)) => connections(&api),
         Command::Whoami(api) => whoami(&api),
         Command::Reviews(cmd) => crate::reviews::run(cmd),
+        Command::Exec {
+            connection,
+            sql,
+            review,
+            no_wait,
+            max_rows,
+            api,
+        } => crate::exec::run(
+            crate::exec::ExecArgs {
+                connection,
+                sql,
+                review,
+                no_wait,
+                max_rows,
+            },
+            &api,
+        ),
         Command::Login {
             issuer,
             ca_file,

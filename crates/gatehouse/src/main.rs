@@ -4,6 +4,7 @@
 mod cli;
 mod client;
 mod commands;
+mod exec;
 mod login;
 mod policy;
 mod reviews;

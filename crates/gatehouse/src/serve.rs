@@ -122,8 +122,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let pg = tokio::spawn(gatehouse_postgres::serve(
         pg_listener,
-        Arc::new(PgContext::new(pipeline, tls)),
+        Arc::new(PgContext::new(pipeline.clone(), tls)),
     ));
+    let mut runners: std::collections::HashMap<_, Arc<dyn gatehouse_core::exec::CommandRunner>> =
+        std::collections::HashMap::new();
+    runners.insert(
+        gatehouse_core::config::ConnectionKind::Postgres,
+        Arc::new(gatehouse_postgres::oneshot::PgRunner {
+            connect_timeout: config.server.upstream_connect_timeout,
+            statement_timeout: config.server.exec_timeout,
+        }),
+    );
     let api = tokio::spawn(gatehouse_api::serve(
         api_listener,
         ApiState {
@@ -131,6 +140,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             store,
             auth,
             reviews,
+            pipeline,
+            runners: Arc::new(runners),
         },
     ));
 

@@ -319,3 +319,162 @@ async fn two_of_two_approvers_timeout_cancel_and_abandonment() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(count("held_b", "abandoned"), "0");
 }
+
+fn exec(gw: &Gateway, token: &str, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["exec"];
+    all.extend(args);
+    gw.cli_as(token, &all)
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_runs_one_command_and_reviews_outlive_the_request_and_a_restart() {
+    let mut gw = gateway("held_c");
+    let agent = gw.token("agent", &["agents"]);
+    let dba = gw.token("dba-1", &["dba"]);
+    let other = gw.token("other-agent", &["agents"]);
+
+    // Allowed: rows come back as a table.
+    let out = exec(
+        &gw,
+        &agent,
+        &["appdb", "-e", "select 1 as one, null::text as nothing"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("one") && stdout.contains("NULL") && stdout.contains("SELECT 1"),
+        "{stdout}"
+    );
+    let json = gw.cli_as(
+        &agent,
+        &["exec", "appdb", "-e", "select 2 as two", "--format", "json"],
+    );
+    let v: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["results"][0]["rows"][0][0], "2", "{v}");
+    // Denied by policy: exit 4 with the policy named. A failing command: exit 1 with SQLSTATE.
+    let out = exec(&gw, &agent, &["appdb", "-e", "create table nope (a int)"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("gatehouse.no-permit"),
+        "{}",
+        stderr(&out)
+    );
+    let out = exec(&gw, &agent, &["appdb", "-e", "select * from no_such_table"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("42P01"), "{}", stderr(&out));
+
+    // Needs review, --no-wait: the review id on stdout, exit 3; nothing runs.
+    let out = exec(
+        &gw,
+        &agent,
+        &[
+            "appdb",
+            "--no-wait",
+            "-e",
+            "INSERT INTO held_c VALUES (1, 'later')",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(id.starts_with("rv_"), "{id}");
+    assert_eq!(count("held_c", "later"), "0");
+
+    // The review survives a gateway restart (held psql statements would not).
+    gw.restart();
+    let not_yet = exec(&gw, &agent, &["appdb", "--review", &id]);
+    assert_eq!(not_yet.status.code(), Some(1));
+    assert!(stderr(&not_yet).contains("pending"), "{}", stderr(&not_yet));
+    assert!(
+        gw.cli_as(&dba, &["reviews", "approve", &id])
+            .status
+            .success()
+    );
+    // Only its requester may run it, only the reviewed text, once.
+    let theirs = exec(&gw, &other, &["appdb", "--review", &id]);
+    assert!(!theirs.status.success());
+    assert!(stderr(&theirs).contains("no review"), "{}", stderr(&theirs));
+    let changed = exec(
+        &gw,
+        &agent,
+        &["appdb", "--review", &id, "-e", "DELETE FROM held_c"],
+    );
+    assert!(!changed.status.success());
+    assert!(stderr(&changed).contains("differs"), "{}", stderr(&changed));
+    let ran = exec(&gw, &agent, &["appdb", "--review", &id]);
+    assert!(ran.status.success(), "{}", stderr(&ran));
+    assert!(String::from_utf8_lossy(&ran.stdout).contains("INSERT 0 1"));
+    assert_eq!(count("held_c", "later"), "1");
+    let again = exec(&gw, &agent, &["appdb", "--review", &id]);
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("executed"), "{}", stderr(&again));
+    assert_eq!(count("held_c", "later"), "1");
+
+    // Waiting (the default): a spinner with the review id, then the result once approved.
+    let (url, token) = (gw.url(), agent.clone());
+    let waiting = std::thread::spawn(move || {
+        Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args([
+                "exec",
+                "appdb",
+                "-e",
+                "INSERT INTO held_c VALUES (2, 'waited')",
+            ])
+            .env("GATEHOUSE_URL", url)
+            .env("GATEHOUSE_TOKEN", token)
+            .output()
+            .unwrap()
+    });
+    let review = pending_review(&gw, "appdb");
+    let id = review["id"].as_str().unwrap().to_string();
+    assert_eq!(review["kind"], "exec");
+    assert!(
+        gw.cli_as(&dba, &["reviews", "approve", &id])
+            .status
+            .success()
+    );
+    let out = tokio::task::spawn_blocking(move || waiting.join().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("waiting for approval of review {id}")),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(count("held_c", "waited"), "1");
+
+    // A denial ends the wait with exit 4 and the reason.
+    let (url, token) = (gw.url(), agent.clone());
+    let waiting = std::thread::spawn(move || {
+        Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args([
+                "exec",
+                "appdb",
+                "-e",
+                "INSERT INTO held_c VALUES (3, 'refused')",
+            ])
+            .env("GATEHOUSE_URL", url)
+            .env("GATEHOUSE_TOKEN", token)
+            .output()
+            .unwrap()
+    });
+    let id = pending_review(&gw, "appdb")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        gw.cli_as(&dba, &["reviews", "deny", &id, "--reason", "no"])
+            .status
+            .success()
+    );
+    let out = tokio::task::spawn_blocking(move || waiting.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("denied: no"), "{}", stderr(&out));
+    assert_eq!(count("held_c", "refused"), "0");
+}

@@ -278,6 +278,22 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Marks reviews whose deadline passed without a decision (or, for one-shot reviews,
+    /// approved but not run in time) as expired. Held statements expire through their waiting
+    /// session too; this catches the rest. Returns how many expired.
+    pub async fn expire_overdue_reviews(&self, now: Micros) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE reviews SET state = 'expired', decided_at = COALESCE(decided_at, $1),
+                    reason = COALESCE(reason, 'no decision before the timeout')
+             WHERE expires_at <= $1
+               AND (state = 'pending' OR (kind = 'exec' AND state = 'approved'))",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Marks every pending or approved-but-unused review of held statements as abandoned:
     /// of one session when it ends, or of all sessions when the gateway starts (held client
     /// connections do not survive a restart). Returns how many were abandoned.

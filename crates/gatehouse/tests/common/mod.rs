@@ -434,18 +434,7 @@ password = "env:GH_TEST_WRONG_PASSWORD"
         );
         std::fs::write(dir.path().join("gatehouse.toml"), config).unwrap();
         std::fs::write(dir.path().join("md5.secret"), format!("{MD5_PASSWORD}\n")).unwrap();
-        let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-            .arg("serve")
-            .arg("--config")
-            .arg(dir.path().join("gatehouse.toml"))
-            .env("GH_TEST_APPDB_PASSWORD", APP_PASSWORD)
-            .env("GH_TEST_WRONG_PASSWORD", "not-the-password")
-            .env("GATEHOUSE_LOG", "debug")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start gatehouse serve");
+        let child = spawn_gateway(dir.path());
         let mut gw = Gateway {
             child,
             dir,
@@ -459,6 +448,15 @@ password = "env:GH_TEST_WRONG_PASSWORD"
             .trim()
             .to_string();
         gw
+    }
+
+    /// Stops the gateway at once (SIGKILL) and starts it again on the same config and data.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(self.dir.path().join("data/listen.json"));
+        self.child = spawn_gateway(self.dir.path());
+        self.wait_ready();
     }
 
     /// Waits for the gateway to write where it listens (it binds port 0, so parallel tests
@@ -618,6 +616,26 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts `gatehouse serve` on `dir/gatehouse.toml`, logging (appending) to `dir/gateway.log`.
+fn spawn_gateway(dir: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("gateway.log"))
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.join("gatehouse.toml"))
+        .env("GH_TEST_APPDB_PASSWORD", APP_PASSWORD)
+        .env("GH_TEST_WRONG_PASSWORD", "not-the-password")
+        .env("GATEHOUSE_LOG", "debug")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start gatehouse serve")
 }
 
 /// tokio-postgres config for a connection through the gateway (plaintext on loopback).
