@@ -3,6 +3,7 @@
 //! Every error is `{"error": {"code": "...", "message": "..."}}` with a message that says what
 //! to do. Administration (tokens, sessions) needs the `admin` group.
 
+mod access;
 mod error;
 mod exec;
 mod reviews;

@@ -24,6 +24,7 @@ pub fn router() -> Router<ApiState> {
         .route("/api/v1/sessions/{id}", get(show_session))
         .merge(crate::reviews::routes())
         .merge(crate::exec::routes())
+        .merge(crate::access::routes())
         .fallback(|| async {
             ApiError::not_found("no such API endpoint; the API lives under /api/v1")
         })

@@ -29,7 +29,24 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub identity: IdentityConfig,
     pub reviews: ReviewsConfig,
+    /// `[[grants]]`: just-in-time elevations people may request.
+    pub grants: Vec<GrantConfig>,
     pub connections: Vec<ConnectionConfig>,
+}
+
+/// A just-in-time grant that can be requested for a bounded time. Policies test for it with
+/// `context.grants.contains("<name>")`.
+#[derive(Debug, Clone)]
+pub struct GrantConfig {
+    pub name: String,
+    /// Groups whose members may approve a request (none: group `admin`).
+    pub approvers: Vec<String>,
+    /// Distinct approvals needed.
+    pub approvals: u32,
+    /// Longest time one request may ask for.
+    pub max_duration: Duration,
+    /// The connections it may be requested for (empty: all).
+    pub connections: Vec<String>,
 }
 
 /// `[reviews]`: statements held for human approval.
@@ -344,7 +361,22 @@ struct RawConfig {
     #[serde(default)]
     reviews: RawReviews,
     #[serde(default)]
+    grants: Vec<RawGrant>,
+    #[serde(default)]
     connections: Vec<RawConnection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrant {
+    name: Option<String>,
+    #[serde(default)]
+    approvers: Vec<String>,
+    approvals: Option<u32>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    max_duration: Option<Duration>,
+    #[serde(default)]
+    connections: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -664,6 +696,44 @@ impl RawConfig {
             });
         }
 
+        let mut grants: Vec<GrantConfig> = Vec::new();
+        for (i, g) in self.grants.into_iter().enumerate() {
+            let at = |field: &str| format!("grants[{i}].{field}");
+            let name = g.name.unwrap_or_default();
+            if !valid_connection_name(&name) {
+                problem(
+                    at("name"),
+                    format!("\"{name}\" must be 1-63 characters of a-z, 0-9, '_' or '-'"),
+                );
+            }
+            if grants.iter().any(|x| x.name == name) {
+                problem(at("name"), format!("\"{name}\" is defined twice"));
+            }
+            let approvals = g.approvals.unwrap_or(1);
+            if !(1..=10).contains(&approvals) {
+                problem(at("approvals"), "must be from 1 to 10".into());
+            }
+            for c in &g.connections {
+                if !connections.iter().any(|x| &x.name == c) {
+                    problem(at("connections"), format!("no connection is named \"{c}\""));
+                }
+            }
+            let max_duration = g.max_duration.unwrap_or(Duration::from_secs(4 * 3600));
+            if max_duration.is_zero() || max_duration > Duration::from_secs(30 * 86400) {
+                problem(
+                    at("max_duration"),
+                    "must be more than 0 and at most 30d".into(),
+                );
+            }
+            grants.push(GrantConfig {
+                name,
+                approvers: g.approvers,
+                approvals,
+                max_duration,
+                connections: g.connections,
+            });
+        }
+
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -712,6 +782,7 @@ impl RawConfig {
                     .unwrap_or(Duration::from_secs(2)),
             },
             identity: IdentityConfig { oidc },
+            grants,
             reviews: ReviewsConfig {
                 timeout: self.reviews.timeout.unwrap_or(Duration::from_secs(300)),
             },

@@ -6,6 +6,7 @@
 //! - [`pipeline`]: the seam every protocol adapter feeds (authorize, record, and later approve
 //!   and mask).
 //! - [`exec`]: one-shot commands (CLI, REST, MCP) through the same pipeline.
+//! - [`grants`]: just-in-time elevation, seen by policy as `context.grants`.
 //! - [`reviews`]: commands held for human approval, and the voting rules.
 //! - [`store`] and [`recorder`]: where sessions and statements are kept, written in batches.
 //! - [`tls`]: client-facing TLS material.
@@ -15,6 +16,7 @@ pub mod classify;
 pub mod config;
 pub mod exec;
 pub mod fsutil;
+pub mod grants;
 pub mod identity;
 pub mod pipeline;
 pub mod recorder;

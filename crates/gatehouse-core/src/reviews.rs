@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::grants::GrantBook;
 use crate::identity::{ADMIN_GROUP, Identity};
 use crate::pipeline::{CommandStart, ReviewNeeded};
 use crate::store::{NewVote, ReviewRow, ReviewState, Store, StoreError};
@@ -70,6 +71,12 @@ pub struct Reviews {
     store: Store,
     default_timeout: Duration,
     waiting: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
+    grants: Arc<GrantBook>,
+}
+
+/// SHA-256 as lowercase hex.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// Who sent a held command, and where.
@@ -84,12 +91,26 @@ pub struct Requester<'a> {
 }
 
 impl Reviews {
-    pub fn new(store: Store, default_timeout: Duration) -> Reviews {
+    pub fn new(store: Store, default_timeout: Duration, grants: Arc<GrantBook>) -> Reviews {
         Reviews {
             store,
             default_timeout,
             waiting: Mutex::new(HashMap::new()),
+            grants,
         }
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub(crate) fn default_timeout(&self) -> Duration {
+        self.default_timeout
+    }
+
+    /// The grants in force (given by approved grant reviews).
+    pub fn grant_book(&self) -> &GrantBook {
+        &self.grants
     }
 
     /// Stores a pending review for `command`, held until decided or `timeout` (the policy's,
@@ -261,6 +282,9 @@ impl Reviews {
             at: now_micros(),
         };
         match self.store.vote_on_review(&vote).await {
+            Ok(Some(ReviewState::Approved)) if review.kind == "grant" => {
+                self.apply_grant(&review).await?;
+            }
             Ok(Some(_)) => {}
             Ok(None) => {
                 return Err(VoteError::NotPending {

@@ -123,9 +123,30 @@ const MIGRATIONS: &[(i64, &str)] = &[
     );
     "#,
     ),
+    (
+        5,
+        r#"
+    CREATE TABLE grants (
+        id          TEXT PRIMARY KEY,
+        review_id   TEXT NOT NULL,
+        issuer      TEXT NOT NULL,
+        subject     TEXT NOT NULL,
+        connection  TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        reason      TEXT,
+        granted_at  INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL,
+        revoked_at  INTEGER,
+        revoked_by  TEXT
+    );
+    CREATE INDEX grants_expires ON grants(expires_at);
+    "#,
+    ),
 ];
 
+mod grants;
 mod reviews;
+pub use grants::GrantRow;
 pub use reviews::{NewVote, ReviewRow, ReviewState, VoteRow};
 
 /// Columns read for a token; named, never `*`, so a schema change cannot shift them. Macros,

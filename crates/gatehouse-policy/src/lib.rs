@@ -385,6 +385,8 @@ fn review_of(set: &PolicySet, permitting: &[PolicyId]) -> ReviewNeeded {
 /// Adapts the engine to the pipeline's [`Authorizer`] seam.
 pub struct PolicyAuthorizer {
     pub engine: Arc<PolicyEngine>,
+    /// Just-in-time grants in force, read at every decision (`context.grants`).
+    pub grants: Arc<gatehouse_core::grants::GrantBook>,
 }
 
 impl Authorizer for PolicyAuthorizer {
@@ -392,12 +394,15 @@ impl Authorizer for PolicyAuthorizer {
         let Some(classification) = &command.classification else {
             return Decision::deny("gatehouse.classifier", "the command was not classified");
         };
+        let grants = self
+            .grants
+            .active(session.identity(), &session.connection().name);
         let facts = RequestFacts {
             identity: session.identity(),
             connection: session.connection(),
             client_ip: session.client_addr().ip(),
             protocol: session.protocol(),
-            grants: &[],
+            grants: &grants,
         };
         let evaluation = match session
             .authorizer_state()
@@ -435,12 +440,13 @@ impl Authorizer for PolicyAuthorizer {
         client: std::net::SocketAddr,
         protocol: &str,
     ) -> Verdict {
+        let grants = self.grants.active(identity, &connection.name);
         let facts = RequestFacts {
             identity,
             connection,
             client_ip: client.ip(),
             protocol,
-            grants: &[],
+            grants: &grants,
         };
         self.engine.decide_connect(&facts).verdict
     }

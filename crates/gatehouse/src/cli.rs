@@ -66,6 +66,9 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Just-in-time grants: request one for a while, list those in force, revoke.
+    #[command(subcommand)]
+    Access(AccessCommand),
     /// Statements held for approval: list, show, approve, deny.
     #[command(subcommand)]
     Reviews(ReviewsCommand),
@@ -214,6 +217,37 @@ pub enum ReviewsCommand {
         id: String,
         #[arg(long)]
         reason: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AccessCommand {
+    /// Ask for a grant on a connection for a while; approvers decide it with `gatehouse
+    /// reviews approve`. Prints the review id.
+    Request {
+        connection: String,
+        /// The grant's name (`[[grants]]` in the gateway's config).
+        #[arg(long)]
+        grant: String,
+        /// How long, such as 30m or 2h.
+        #[arg(long = "for")]
+        duration: String,
+        /// What it is for; approvers see it.
+        #[arg(long)]
+        reason: String,
+        /// Wait until it is decided.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Grants in force (yours; all for administrators).
+    List(ApiArgs),
+    /// End a grant now.
+    Revoke {
+        id: String,
         #[command(flatten)]
         api: ApiArgs,
     },

@@ -31,6 +31,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Connections(ConnectionsCommand::List(api)) => connections(&api),
         Command::Whoami(api) => whoami(&api),
         Command::Reviews(cmd) => crate::reviews::run(cmd),
+        Command::Access(cmd) => crate::access::run(cmd),
         Command::Exec {
             connection,
             sql,

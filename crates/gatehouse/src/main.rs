@@ -1,6 +1,7 @@
 //! The `gatehouse` binary: parses the command line and wires the crates together. It holds no
 //! gateway logic of its own.
 
+mod access;
 mod cli;
 mod client;
 mod commands;

@@ -57,7 +57,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let engine = Arc::new(gatehouse_policy::PolicyEngine::new(policies));
     tokio::spawn(crate::policy::watch(config.clone(), engine.clone()));
-    let authorizer = Arc::new(gatehouse_policy::PolicyAuthorizer { engine });
+    let grants = Arc::new(
+        gatehouse_core::grants::GrantBook::load(store.clone())
+            .await
+            .context("cannot load the grants in force")?,
+    );
+    tokio::spawn(refresh_grants(grants.clone()));
+    let authorizer = Arc::new(gatehouse_policy::PolicyAuthorizer {
+        engine,
+        grants: grants.clone(),
+    });
 
     let (recorder, _writer) = Recorder::start(store.clone());
     // Held client connections do not survive a restart, so neither do their reviews.
@@ -75,7 +84,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "reviews of statements held before the restart are abandoned"
         );
     }
-    let reviews = Arc::new(Reviews::new(store.clone(), config.reviews.timeout));
+    let reviews = Arc::new(Reviews::new(store.clone(), config.reviews.timeout, grants));
     let pipeline = Arc::new(Pipeline::new(
         config.clone(),
         auth.clone(),
@@ -153,6 +162,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Give the recorder a moment to commit what it has queued.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     Ok(())
+}
+
+/// Re-reads the grants in force now and then: drops expired ones from memory and picks up
+/// grants given or revoked through another replica sharing the store.
+async fn refresh_grants(grants: Arc<gatehouse_core::grants::GrantBook>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        if let Err(e) = grants.refresh().await {
+            tracing::warn!(error = %e, "cannot refresh the grants in force");
+        }
+    }
 }
 
 /// Creates the admin token on first start (or when the store no longer knows it).

@@ -466,11 +466,8 @@ async fn exec_runs_one_command_and_reviews_outlive_the_request_and_a_restart() {
         .as_str()
         .unwrap()
         .to_string();
-    assert!(
-        gw.cli_as(&dba, &["reviews", "deny", &id, "--reason", "no"])
-            .status
-            .success()
-    );
+    let no = gw.cli_as(&dba, &["reviews", "deny", &id, "--reason", "no"]);
+    assert!(no.status.success(), "{}", stderr(&no));
     let out = tokio::task::spawn_blocking(move || waiting.join().unwrap())
         .await
         .unwrap();

@@ -205,7 +205,9 @@ impl Store {
         &self,
         vote: &NewVote<'_>,
     ) -> Result<Option<ReviewState>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE: take the write lock before reading, so a concurrent writer cannot make
+        // the upgrade from read to write fail (SQLite does not wait on that).
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query("SELECT state, approvals_needed FROM reviews WHERE id = $1")
             .bind(vote.review_id)
             .fetch_optional(&mut *tx)
@@ -282,6 +284,17 @@ impl Store {
     /// approved but not run in time) as expired. Held statements expire through their waiting
     /// session too; this catches the rest. Returns how many expired.
     pub async fn expire_overdue_reviews(&self, now: Micros) -> Result<u64, StoreError> {
+        // A read first: most calls find nothing, and a read takes no write lock.
+        let due: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM reviews WHERE expires_at <= $1
+               AND (state = 'pending' OR (kind = 'exec' AND state = 'approved'))",
+        )
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        if due == 0 {
+            return Ok(0);
+        }
         let done = sqlx::query(
             "UPDATE reviews SET state = 'expired', decided_at = COALESCE(decided_at, $1),
                     reason = COALESCE(reason, 'no decision before the timeout')
