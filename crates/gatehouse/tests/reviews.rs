@@ -200,6 +200,46 @@ async fn a_held_statement_runs_once_after_approval_and_never_after_denial() {
     // The session goes on.
     client.simple_query("select 1").await.unwrap();
 
+    // An approval covers one Execute: the same prepared statement with the same parameters
+    // needs a new review each time it runs.
+    let insert = client
+        .prepare("INSERT INTO held_a VALUES ($1, $2)")
+        .await
+        .unwrap();
+    let client = std::sync::Arc::new(client);
+    for round in 0..2 {
+        let (c, st) = (client.clone(), insert.clone());
+        let held = tokio::spawn(async move {
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&7i32, &"each-time"];
+            c.execute(&st, &params).await
+        });
+        let review = gw.wait_for("a new pending review", || {
+            let v = gw.cli_json(&["reviews", "list"]);
+            v["reviews"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["state"] == "pending")
+                .cloned()
+        });
+        let id = review["id"].as_str().unwrap().to_string();
+        assert!(
+            gw.cli_as(&dba, &["reviews", "approve", &id])
+                .status
+                .success()
+        );
+        held.await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+    }
+    assert_eq!(count("held_a", "each-time"), "2");
+    let executed = gw.cli_json(&["reviews", "list", "--state", "executed"]);
+    assert_eq!(
+        executed["reviews"].as_array().unwrap().len(),
+        3,
+        "{executed}"
+    );
+
     // The record: the approved statement carries the review; the denied one is denied.
     let sessions = gw.cli_json(&["sessions", "list"]);
     let any_review = sessions["sessions"].as_array().unwrap().iter().any(|s| {
@@ -383,8 +423,37 @@ async fn exec_runs_one_command_and_reviews_outlive_the_request_and_a_restart() {
     assert!(id.starts_with("rv_"), "{id}");
     assert_eq!(count("held_c", "later"), "0");
 
-    // The review survives a gateway restart (held psql statements would not).
+    // The review survives a gateway restart; a statement held on a live session does not (its
+    // connection is gone), so that review is abandoned.
+    let (held_client, conn) = driver_config(&gw, "appdb", &agent)
+        .connect(NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let held = tokio::spawn(async move {
+        held_client
+            .simple_query("INSERT INTO held_c VALUES (9, 'lost')")
+            .await
+    });
+    let held_id = gw.wait_for("the held statement's review", || {
+        let v = gw.cli_json(&["reviews", "list"]);
+        v["reviews"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["kind"] == "statement" && r["state"] == "pending")
+            .map(|r| r["id"].as_str().unwrap().to_string())
+    });
     gw.restart();
+    held.abort();
+    conn.abort();
+    let lost = gw.cli_json(&["reviews", "show", &held_id]);
+    assert_eq!(lost["review"]["state"], "abandoned", "{lost}");
+    assert!(
+        !gw.cli_as(&dba, &["reviews", "approve", &held_id])
+            .status
+            .success()
+    );
     let not_yet = exec(&gw, &agent, &["appdb", "--review", &id]);
     assert_eq!(not_yet.status.code(), Some(1));
     assert!(stderr(&not_yet).contains("pending"), "{}", stderr(&not_yet));
