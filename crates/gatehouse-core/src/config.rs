@@ -31,7 +31,56 @@ pub struct Config {
     pub reviews: ReviewsConfig,
     /// `[[grants]]`: just-in-time elevations people may request.
     pub grants: Vec<GrantConfig>,
+    /// `[masking]`: values masked before results reach the client.
+    pub masking: MaskingConfig,
     pub connections: Vec<ConnectionConfig>,
+}
+
+/// `[masking]`.
+#[derive(Debug, Clone, Default)]
+pub struct MaskingConfig {
+    /// The key of the `token` strategy. When absent, one is generated in the data directory
+    /// on first start (`masking.key`, mode 0600).
+    pub key: Option<SecretRef>,
+    pub rules: Vec<MaskingRule>,
+}
+
+/// One `[[masking.rules]]` entry.
+#[derive(Debug, Clone)]
+pub struct MaskingRule {
+    pub name: String,
+    pub target: MaskTarget,
+    pub strategy: gatehouse_mask::Strategy,
+    /// Connections it applies to (empty: all).
+    pub connections: Vec<String>,
+    /// Groups it applies to (empty: everyone).
+    pub groups: Vec<String>,
+    /// Groups it never applies to.
+    pub exempt_groups: Vec<String>,
+}
+
+/// What a masking rule looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MaskTarget {
+    /// One column, `schema.table.column` (lower case).
+    Column {
+        schema: String,
+        table: String,
+        column: String,
+    },
+    /// Column names matching a glob such as `*password*` (case-insensitive).
+    ColumnPattern(String),
+    /// Values found by a detector anywhere in results.
+    Detector(gatehouse_mask::Detector),
+}
+
+impl MaskingRule {
+    /// Whether the rule applies to `identity` on `connection`.
+    pub fn applies(&self, identity: &crate::identity::Identity, connection: &str) -> bool {
+        (self.connections.is_empty() || self.connections.iter().any(|c| c == connection))
+            && (self.groups.is_empty() || self.groups.iter().any(|g| identity.in_group(g)))
+            && !self.exempt_groups.iter().any(|g| identity.in_group(g))
+    }
 }
 
 /// A just-in-time grant that can be requested for a bounded time. Policies test for it with
@@ -363,7 +412,34 @@ struct RawConfig {
     #[serde(default)]
     grants: Vec<RawGrant>,
     #[serde(default)]
+    masking: RawMasking,
+    #[serde(default)]
     connections: Vec<RawConnection>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMasking {
+    key: Option<String>,
+    #[serde(default)]
+    rules: Vec<RawMaskingRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMaskingRule {
+    name: Option<String>,
+    column: Option<String>,
+    column_pattern: Option<String>,
+    detector: Option<String>,
+    strategy: Option<String>,
+    keep_last: Option<usize>,
+    #[serde(default)]
+    connections: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    exempt_groups: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -734,6 +810,119 @@ impl RawConfig {
             });
         }
 
+        let mut masking = MaskingConfig::default();
+        masking.key = match self.masking.key.map(|k| k.parse::<SecretRef>()) {
+            None => None,
+            Some(Ok(r)) => Some(r.resolve_relative(base)),
+            Some(Err(e)) => {
+                problem("masking.key".into(), e.to_string());
+                None
+            }
+        };
+        for (i, r) in self.masking.rules.into_iter().enumerate() {
+            let at = |field: &str| format!("masking.rules[{i}].{field}");
+            let name = r.name.unwrap_or_else(|| format!("rule-{i}"));
+            let targets = [
+                r.column.is_some(),
+                r.column_pattern.is_some(),
+                r.detector.is_some(),
+            ];
+            if targets.iter().filter(|t| **t).count() != 1 {
+                problem(
+                    at("column"),
+                    "give exactly one of column, column_pattern or detector".into(),
+                );
+                continue;
+            }
+            let target = if let Some(c) = r.column {
+                let parts: Vec<String> = c.split('.').map(|p| p.to_lowercase()).collect();
+                match parts.as_slice() {
+                    [schema, table, column] => MaskTarget::Column {
+                        schema: schema.clone(),
+                        table: table.clone(),
+                        column: column.clone(),
+                    },
+                    [table, column] => MaskTarget::Column {
+                        schema: "public".into(),
+                        table: table.clone(),
+                        column: column.clone(),
+                    },
+                    _ => {
+                        problem(
+                            at("column"),
+                            format!(
+                                "\"{c}\" must be schema.table.column (or table.column in public)"
+                            ),
+                        );
+                        continue;
+                    }
+                }
+            } else if let Some(p) = r.column_pattern {
+                MaskTarget::ColumnPattern(p.to_lowercase())
+            } else {
+                let d = r.detector.unwrap_or_default();
+                match gatehouse_mask::Detector::ALL.iter().find(|x| x.name() == d) {
+                    Some(found) => MaskTarget::Detector(*found),
+                    None => {
+                        let names: Vec<&str> = gatehouse_mask::Detector::ALL
+                            .iter()
+                            .map(|x| x.name())
+                            .collect();
+                        problem(
+                            at("detector"),
+                            format!(
+                                "\"{d}\" is not a detector; choose from {}",
+                                names.join(", ")
+                            ),
+                        );
+                        continue;
+                    }
+                }
+            };
+            let strategy = match (r.strategy.as_deref().unwrap_or("redact"), r.keep_last) {
+                ("redact", None) => gatehouse_mask::Strategy::Redact,
+                ("null", None) => gatehouse_mask::Strategy::Null,
+                ("token", None) => gatehouse_mask::Strategy::Token,
+                ("partial", Some(n)) if (1..=8).contains(&n) => {
+                    gatehouse_mask::Strategy::Partial { keep_last: n }
+                }
+                ("partial", _) => {
+                    problem(
+                        at("keep_last"),
+                        "partial needs keep_last from 1 to 8".into(),
+                    );
+                    continue;
+                }
+                (_, Some(_)) => {
+                    problem(
+                        at("keep_last"),
+                        "keep_last is only for strategy = \"partial\"".into(),
+                    );
+                    continue;
+                }
+                (other, None) => {
+                    problem(
+                        at("strategy"),
+                        format!("\"{other}\" is not one of redact, partial, token, null"),
+                    );
+                    continue;
+                }
+            };
+            for c in &r.connections {
+                if !connections.iter().any(|x| &x.name == c) {
+                    problem(at("connections"), format!("no connection is named \"{c}\""));
+                }
+            }
+            masking.rules.push(MaskingRule {
+                name,
+                target,
+                strategy,
+                connections: r.connections,
+                groups: r.groups,
+                exempt_groups: r.exempt_groups,
+            });
+        }
+
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -783,6 +972,7 @@ impl RawConfig {
             },
             identity: IdentityConfig { oidc },
             grants,
+            masking,
             reviews: ReviewsConfig {
                 timeout: self.reviews.timeout.unwrap_or(Duration::from_secs(300)),
             },

@@ -7,6 +7,7 @@
 //!   and mask).
 //! - [`exec`]: one-shot commands (CLI, REST, MCP) through the same pipeline.
 //! - [`grants`]: just-in-time elevation, seen by policy as `context.grants`.
+//! - [`masking`]: which masking rules apply to a session.
 //! - [`reviews`]: commands held for human approval, and the voting rules.
 //! - [`store`] and [`recorder`]: where sessions and statements are kept, written in batches.
 //! - [`tls`]: client-facing TLS material.
@@ -18,6 +19,7 @@ pub mod exec;
 pub mod fsutil;
 pub mod grants;
 pub mod identity;
+pub mod masking;
 pub mod pipeline;
 pub mod recorder;
 pub mod reviews;

@@ -153,6 +153,7 @@ pub struct Pipeline {
     authorizer: Arc<dyn Authorizer>,
     recorder: Recorder,
     reviews: Arc<Reviews>,
+    masking: Arc<crate::masking::Masking>,
 }
 
 /// Who opened a session, to which connection, from where.
@@ -171,6 +172,7 @@ impl Pipeline {
         recorder: Recorder,
         authorizer: Arc<dyn Authorizer>,
         reviews: Arc<Reviews>,
+        masking: Arc<crate::masking::Masking>,
     ) -> Self {
         Pipeline {
             config,
@@ -178,7 +180,17 @@ impl Pipeline {
             authorizer,
             recorder,
             reviews,
+            masking,
         }
+    }
+
+    /// The masking rules for `identity` on `connection`; `None` when none applies.
+    pub fn masking_for(
+        &self,
+        identity: &Identity,
+        connection: &str,
+    ) -> Option<Arc<crate::masking::SessionMasking>> {
+        self.masking.for_session(identity, connection)
     }
 
     pub fn config(&self) -> &Config {

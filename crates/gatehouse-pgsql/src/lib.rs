@@ -13,6 +13,7 @@
 
 mod body;
 mod functions;
+pub mod masking;
 mod stream;
 
 use body::Body;

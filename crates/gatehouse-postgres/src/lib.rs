@@ -9,6 +9,7 @@
 
 pub mod cancel;
 pub mod framer;
+pub mod mask;
 pub mod oneshot;
 pub mod relay;
 pub mod session;

@@ -76,7 +76,7 @@ fn connect_error(name: &str, e: UpstreamError) -> RunError {
 }
 
 /// Sends `text` as a simple Query and collects every result until ReadyForQuery.
-async fn query(
+pub(crate) async fn query(
     stream: &mut crate::stream::PgStream,
     text: &str,
     max_rows: usize,

@@ -369,6 +369,23 @@ async fn start_session(
         }
     };
 
+    // Masking is set up before the client sees the session: a failure ends it (fail closed).
+    let mut upstream = upstream;
+    let masking = match ctx.pipeline.masking_for(&identity, &connection.name) {
+        None => None,
+        Some(rules) => match crate::mask::PgMasking::resolve(rules, &mut upstream.stream).await {
+            Ok(m) => Some(Arc::new(m)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot set up masking");
+                let e = GatewayError::fatal(
+                    "58000",
+                    format!("Gatehouse cannot set up masking for this session: {e}"),
+                );
+                return Err(tell(&mut stream, e).await);
+            }
+        },
+    };
+
     let session = match ctx
         .pipeline
         .open_session(SessionStart {
@@ -409,7 +426,15 @@ async fn start_session(
         idle_in_transaction: ctx.pipeline.config().server.idle_in_transaction_timeout,
     };
     let cancel_target = upstream.cancel.clone();
-    let end = relay::relay(stream, upstream.stream, session.clone(), limits, interrupt).await;
+    let end = relay::relay(
+        stream,
+        upstream.stream,
+        session.clone(),
+        limits,
+        interrupt,
+        masking,
+    )
+    .await;
     let reason = end.reason;
     // The server notices a closed socket only when it next writes: a statement the client
     // abandoned would run on (holding its locks) unless it is cancelled.

@@ -338,6 +338,15 @@ pub fn execute_missing_portal(out: &mut BytesMut, portal: &str) {
     end(out, at);
 }
 
+/// Appends a Describe of portal `portal`.
+pub fn describe_portal(out: &mut BytesMut, portal: &str) {
+    out.put_u8(b'D');
+    out.put_i32((4 + 1 + portal.len() + 1) as i32);
+    out.put_u8(b'P');
+    out.put_slice(portal.as_bytes());
+    out.put_u8(0);
+}
+
 pub fn sync(out: &mut BytesMut) {
     let at = begin(out, b'S');
     end(out, at);

@@ -85,12 +85,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
     let reviews = Arc::new(Reviews::new(store.clone(), config.reviews.timeout, grants));
+    let masking = Arc::new(gatehouse_core::masking::Masking::new(
+        &config.masking,
+        masking_key(&config)?,
+    ));
     let pipeline = Arc::new(Pipeline::new(
         config.clone(),
         auth.clone(),
         recorder,
         authorizer,
         reviews.clone(),
+        masking,
     ));
 
     let pg_listener = TcpListener::bind(config.server.postgres_listen)
@@ -162,6 +167,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Give the recorder a moment to commit what it has queued.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     Ok(())
+}
+
+/// The key of the masking `token` strategy: `[masking] key`, else a random key kept in the data
+/// directory (created on first start, mode 0600), so tokens stay stable across restarts.
+fn masking_key(config: &Config) -> anyhow::Result<gatehouse_mask::TokenKey> {
+    if let Some(key) = &config.masking.key {
+        let secret = key.resolve().context("cannot read [masking] key")?;
+        return Ok(gatehouse_mask::TokenKey::new(
+            secret.expose().as_bytes().to_vec(),
+        ));
+    }
+    let path = config.server.data_dir.join("masking.key");
+    if let Ok(existing) = std::fs::read_to_string(&path)
+        && existing.trim().len() >= 32
+    {
+        return Ok(gatehouse_mask::TokenKey::new(
+            existing.trim().as_bytes().to_vec(),
+        ));
+    }
+    let fresh = hex::encode(rand::random::<[u8; 32]>());
+    fsutil::write_private(&path, format!("{fresh}\n").as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(gatehouse_mask::TokenKey::new(fresh.into_bytes()))
 }
 
 /// Re-reads the grants in force now and then: drops expired ones from memory and picks up

@@ -67,6 +67,9 @@ pub(super) struct ClientToServer<R, W> {
     pub(super) idle_in_transaction: Option<std::time::Duration>,
     /// Woken by the session's CancelRequest: ends a wait for approval.
     pub(super) interrupt: Arc<tokio::sync::Notify>,
+    /// Masking of this session: statements are checked against its masked columns, and each
+    /// Execute is preceded by a Describe so results can be masked by column.
+    pub(super) masking: Option<Arc<crate::mask::PgMasking>>,
 }
 
 /// Most client bytes read ahead while a statement waits for approval; past it the gateway
@@ -226,6 +229,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                     let inflight = self.begin(held.start, decision);
                     self.push(Expect::Simple(inflight));
                 } else {
+                    if let Ok(portal) = wire::parse_execute(&held.frame[5..]) {
+                        let portal = portal.to_string();
+                        self.describe_for_masking(&portal);
+                    }
                     let inflight = self.begin(held.start, decision);
                     self.push(Expect::Execute(inflight));
                 }
@@ -288,6 +295,15 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                     params: None,
                     classification: Some(self.resolve_sql_prepared(classified)),
                 };
+                if let Some(reason) = self.masking_refusal(text) {
+                    let decision = Decision::deny("gatehouse.masking", reason.clone());
+                    let error = GatewayError::error(
+                        "42501",
+                        format!("Gatehouse refused this statement: {reason}"),
+                    );
+                    self.refuse_decided(start, decision, error, true);
+                    return Ok(None);
+                }
                 let decision = self.session.authorize(&start);
                 match &decision.verdict {
                     Verdict::Allow => {
@@ -338,7 +354,17 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                                 GatewayError::error("42601", message),
                             ))
                         }
-                        Classification::Statements { .. } => None,
+                        Classification::Statements { .. } => {
+                            self.masking_refusal(query).map(|reason| {
+                                (
+                                    Decision::deny("gatehouse.masking", reason.clone()),
+                                    GatewayError::error(
+                                        "42501",
+                                        format!("Gatehouse refused this statement: {reason}"),
+                                    ),
+                                )
+                            })
+                        }
                     };
                     // A statement the gateway refuses never reaches the server; any previous
                     // statement of that name is gone, as the server would have replaced it.
@@ -413,6 +439,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                 let decision = self.session.authorize(&start);
                 match &decision.verdict {
                     Verdict::Allow => {
+                        self.describe_for_masking(portal);
                         let inflight = self.begin(start, decision);
                         self.push(Expect::Execute(inflight));
                         self.out.extend_from_slice(&frame);
@@ -464,6 +491,25 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
             other => return Err(self.fatal(WireError::UnexpectedType(other as char))),
         }
         Ok(None)
+    }
+
+    /// With masking, asks the server to describe `portal` right before it runs, so the rows
+    /// that follow can be masked by column (the answer is not forwarded).
+    fn describe_for_masking(&mut self, portal: &str) {
+        if self.masking.is_some() {
+            wire::describe_portal(&mut self.out, portal);
+            self.push(Expect::InjectedDescribe);
+        }
+    }
+
+    /// The masking check of a statement: `Some(reason)` when it uses a masked column in a way
+    /// masking cannot follow.
+    fn masking_refusal(&self, text: &str) -> Option<String> {
+        let masking = self.masking.as_ref()?;
+        if masking.relations.is_empty() {
+            return None;
+        }
+        gatehouse_pgsql::masking::check(text, &masking.relations).err()
     }
 
     fn begin(&mut self, start: CommandStart, decision: Decision) -> InFlight {

@@ -40,6 +40,8 @@ pub enum EndReason {
     CredentialInvalid(String),
     /// The client left a transaction open and idle for too long.
     IdleInTransaction,
+    /// A result could not be masked; nothing unmasked was sent.
+    MaskingFailed(String),
     Io(String),
 }
 
@@ -53,6 +55,7 @@ impl EndReason {
             EndReason::RecordingFailed => "recording_failed".into(),
             EndReason::CredentialInvalid(m) => format!("credential_invalid: {m}"),
             EndReason::IdleInTransaction => "idle_in_transaction_timeout".into(),
+            EndReason::MaskingFailed(m) => format!("masking_failed: {m}"),
             EndReason::Io(m) => format!("io_error: {m}"),
         }
     }
@@ -77,6 +80,9 @@ pub(super) enum Expect {
     /// A NoticeResponse for the client, sent once everything before it has been answered
     /// (such as "this statement awaits approval").
     Notice(Bytes),
+    /// A Describe of the portal the next Execute runs, added by the gateway so masking knows
+    /// the result's columns; its answer (RowDescription or NoData) is not forwarded.
+    InjectedDescribe,
 }
 
 /// Limits for one session's relay.
@@ -104,6 +110,7 @@ pub async fn relay<C, S>(
     session: SessionHandle,
     limits: RelayLimits,
     interrupt: Arc<tokio::sync::Notify>,
+    masking: Option<Arc<crate::mask::PgMasking>>,
 ) -> RelayEnd
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -137,6 +144,7 @@ where
         status: status.clone(),
         idle_in_transaction: limits.idle_in_transaction,
         interrupt,
+        masking: masking.clone(),
     };
     let mut downstream = ServerToClient {
         framer: Framer::new(server_read),
@@ -150,6 +158,11 @@ where
         simple_rows: 0,
         simple_error: None,
         status,
+        plan: None,
+        policy: ServerPolicy {
+            whole_rows: masking.is_some(),
+        },
+        masking,
     };
     let checker = downstream.session.clone();
     let reason = tokio::select! {
@@ -162,6 +175,13 @@ where
             GatewayError::fatal("28000", format!("Gatehouse ended this session: {why}"))
                 .with_hint("connect again with a valid token")
                 .encode(&mut downstream.out);
+        }
+        EndReason::MaskingFailed(why) => {
+            GatewayError::fatal(
+                "58000",
+                format!("Gatehouse ended this session: {why}; nothing unmasked was sent"),
+            )
+            .encode(&mut downstream.out);
         }
         EndReason::IdleInTransaction => {
             GatewayError::fatal(
@@ -197,4 +217,4 @@ async fn recheck_credential(session: &SessionHandle, every: std::time::Duration)
 }
 
 use client_to_server::{ClientPolicy, ClientToServer};
-use server_to_client::ServerToClient;
+use server_to_client::{ServerPolicy, ServerToClient};

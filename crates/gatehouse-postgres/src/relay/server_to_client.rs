@@ -15,15 +15,25 @@ use super::{EndReason, Expect};
 use crate::framer::{FramePolicy, Framer, Unit};
 use crate::wire::{self, GatewayError, LARGE_MESSAGE_LIMIT};
 
-pub(super) struct ServerPolicy;
+/// Largest row or COPY chunk held whole for masking.
+const MASKED_MESSAGE_LIMIT: usize = 256 << 20;
+
+pub(super) struct ServerPolicy {
+    /// Masking needs whole DataRow and CopyData messages; otherwise they stream through.
+    pub(super) whole_rows: bool,
+}
 
 impl FramePolicy for ServerPolicy {
     fn streamed(&self, tag: u8) -> bool {
-        tag == b'D' || tag == b'd'
+        !self.whole_rows && (tag == b'D' || tag == b'd')
     }
 
-    fn limit(&self, _: u8) -> usize {
-        LARGE_MESSAGE_LIMIT
+    fn limit(&self, tag: u8) -> usize {
+        if self.whole_rows && (tag == b'D' || tag == b'd') {
+            MASKED_MESSAGE_LIMIT
+        } else {
+            LARGE_MESSAGE_LIMIT
+        }
     }
 }
 
@@ -41,12 +51,16 @@ pub(super) struct ServerToClient<R, W> {
     pub(super) simple_rows: i64,
     pub(super) simple_error: Option<String>,
     pub(super) status: Arc<AtomicU8>,
+    pub(super) policy: ServerPolicy,
+    pub(super) masking: Option<Arc<crate::mask::PgMasking>>,
+    /// How the columns of the current result are masked.
+    pub(super) plan: Option<Vec<crate::mask::ColumnPlan>>,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
     pub(super) async fn run(&mut self) -> EndReason {
         loop {
-            let unit = match self.framer.next_buffered(&ServerPolicy) {
+            let unit = match self.framer.next_buffered(&self.policy) {
                 Ok(u) => u,
                 Err(e) => return EndReason::Io(format!("server: {e}")),
             };
@@ -126,9 +140,74 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
     }
 
     async fn handle(&mut self, frame: BytesMut) -> Result<(), EndReason> {
+        let frame = match self.masking.clone() {
+            Some(masking) => {
+                // The client side may have announced an injected Describe this very answer
+                // belongs to: take everything announced before deciding.
+                self.drain_announced()?;
+                match self.mask(masking, frame) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(EndReason::MaskingFailed(e.to_string())),
+                }
+            }
+            None => frame,
+        };
         let result = self.handle_frame(frame).await;
         self.release_notices();
         result
+    }
+
+    /// Masks one whole server message. `None`: the message is the gateway's own (the answer
+    /// to an injected Describe) and is not forwarded.
+    fn mask(
+        &mut self,
+        masking: Arc<crate::mask::PgMasking>,
+        frame: BytesMut,
+    ) -> Result<Option<BytesMut>, crate::mask::MaskError> {
+        let injected = matches!(self.queue.front(), Some(Expect::InjectedDescribe));
+        let replaced = match frame[0] {
+            b'T' => {
+                self.plan = Some(masking.plan(&frame[5..])?);
+                if injected {
+                    self.queue.pop_front();
+                    return Ok(None);
+                }
+                None
+            }
+            b'n' if injected => {
+                self.queue.pop_front();
+                self.plan = None;
+                return Ok(None);
+            }
+            b'D' => {
+                self.rows += 1;
+                if self.plan.is_none() && masking.has_column_rules() {
+                    return Err(crate::mask::MaskError::NoPlan);
+                }
+                masking.data_row(&frame, self.plan.as_deref())?
+            }
+            b'd' => masking.copy_data(&frame)?,
+            b'H' => {
+                crate::mask::check_copy_out(&frame)?;
+                None
+            }
+            b'E' | b'N' => {
+                if injected && frame[0] == b'E' {
+                    // The Describe failed; the Execute after it is skipped by the server and
+                    // this error stands for it.
+                    self.queue.pop_front();
+                }
+                masking.fields(&frame)?
+            }
+            b'A' => masking.notification(&frame)?,
+            b'C' | b'Z' => {
+                self.plan = None;
+                None
+            }
+            _ => None,
+        };
+        Ok(Some(replaced.unwrap_or(frame)))
     }
 
     async fn handle_frame(&mut self, frame: BytesMut) -> Result<(), EndReason> {
