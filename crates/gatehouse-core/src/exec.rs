@@ -34,12 +34,14 @@ pub trait CommandRunner: Send + Sync {
     fn classify(&self, text: &str) -> Classification;
 
     /// Connects with the gateway's credential, runs `text`, returns at most `max_rows` rows
-    /// per statement (counting the rest).
+    /// per statement (counting the rest), masked by `masking` when rules apply: exactly as a
+    /// session of the same identity would see them.
     fn run<'a>(
         &'a self,
         connection: Arc<ConnectionConfig>,
         text: &'a str,
         max_rows: usize,
+        masking: Option<Arc<crate::masking::SessionMasking>>,
     ) -> Pin<Box<dyn Future<Output = Result<ExecResult, RunError>> + Send + 'a>>;
 }
 
@@ -203,7 +205,8 @@ impl Pipeline {
             Verdict::Allow | Verdict::Review(_) => {
                 let max_rows = request.max_rows.clamp(1, MAX_ROWS);
                 let inflight = session.begin(1, start, decision);
-                let result = runner.run(connection, &text, max_rows).await;
+                let masking = self.masking_for(request.identity, &connection.name);
+                let result = runner.run(connection, &text, max_rows, masking).await;
                 let done = match &result {
                     Ok(r) => Completion {
                         outcome: Outcome::Ok,

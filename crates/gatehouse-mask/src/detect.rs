@@ -81,7 +81,10 @@ impl Detector {
             Detector::PaymentCard => r"\b(?:[0-9][ -]?){12,18}[0-9]\b",
             Detector::UsSsn => r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b",
             Detector::Phone => r"(?:\+[0-9]{8,15}\b|\(?\b[0-9]{3}\)?[ .-][0-9]{3}[ .-][0-9]{4}\b)",
-            Detector::Ipv6 => r"(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?:%[0-9A-Za-z]+)?",
+            // Eight groups, or a `::` compression: clock times such as 10:05:00 are neither.
+            Detector::Ipv6 => {
+                r"(?:(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|(?:[0-9A-Fa-f]{1,4}:){0,6}[0-9A-Fa-f]{0,4}::(?:[0-9A-Fa-f]{1,4}:){0,6}[0-9A-Fa-f]{0,4})(?:%[0-9A-Za-z]+)?"
+            }
             Detector::Ipv4 => {
                 r"\b(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\b"
             }
@@ -118,30 +121,36 @@ pub struct Found {
 /// Finds the values of a set of detectors in one pass.
 pub struct Scanner {
     combined: Option<Regex>,
-    /// The detector of each capture group of `combined`, in order.
-    groups: Vec<Detector>,
+    /// Each detector with its own expression, in the order of `combined`'s alternatives; used
+    /// only to tell which alternative a match of `combined` came from.
+    groups: Vec<(Detector, Regex)>,
 }
 
 impl Scanner {
     pub fn new(detectors: &[Detector]) -> Scanner {
-        let groups: Vec<Detector> = Detector::ALL
+        let chosen: Vec<Detector> = Detector::ALL
             .iter()
             .copied()
             .filter(|d| detectors.contains(d))
             .collect();
-        if groups.is_empty() {
+        if chosen.is_empty() {
             return Scanner {
                 combined: None,
-                groups,
+                groups: Vec::new(),
             };
         }
-        let pattern = groups
+        // Without capture groups the combined expression runs on the fast DFA engines.
+        let pattern = chosen
             .iter()
-            .map(|d| format!("({})", d.pattern()))
+            .map(|d| format!("(?:{})", d.pattern()))
             .collect::<Vec<_>>()
             .join("|");
         // The patterns are constants covered by tests; a failure here is a programming error.
         let combined = Regex::new(&pattern).ok();
+        let groups = chosen
+            .iter()
+            .filter_map(|d| Some((*d, Regex::new(d.pattern()).ok()?)))
+            .collect();
         Scanner { combined, groups }
     }
 
@@ -155,13 +164,21 @@ impl Scanner {
                 if at > text.len() {
                     return None;
                 }
-                let caps = re.captures_at(text, at)?;
-                let (i, m) = caps
+                let m = re.find_at(text, at)?;
+                // Which alternative matched: the first whose own expression matches the same
+                // span (leftmost-first, like the combined one). Only matches pay for this.
+                let detector = self
+                    .groups
                     .iter()
-                    .skip(1)
-                    .enumerate()
-                    .find_map(|(i, m)| m.map(|m| (i, m)))?;
-                let detector = *self.groups.get(i)?;
+                    .find(|(_, own)| {
+                        own.find_at(&text[..m.end()], m.start())
+                            .is_some_and(|o| o.start() == m.start() && o.end() == m.end())
+                    })
+                    .map(|(d, _)| *d);
+                let Some(detector) = detector else {
+                    at = m.start() + text[m.start()..].chars().next().map_or(1, char::len_utf8);
+                    continue;
+                };
                 match detector.confirm(m.as_str()) {
                     Some(len) if len > 0 => {
                         at = m.start() + len;

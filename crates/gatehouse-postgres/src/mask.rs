@@ -90,7 +90,7 @@ impl PgMasking {
             return Ok(Self::values_only(session));
         }
         let sql = catalog_query(&session);
-        let result = crate::oneshot::query(stream, &sql, 200_000)
+        let result = crate::oneshot::query(stream, &sql, 200_000, None)
             .await
             .map_err(|e| MaskError::Catalog(e.message))?;
         let mut origins = HashMap::new();

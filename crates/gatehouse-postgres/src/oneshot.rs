@@ -13,6 +13,9 @@ use gatehouse_core::config::ConnectionConfig;
 use gatehouse_core::exec::{CommandRunner, ExecResult, RunError, StatementResult};
 use tokio::io::AsyncWriteExt;
 
+use gatehouse_core::masking::SessionMasking;
+
+use crate::mask::{ColumnPlan, MaskError, PgMasking};
 use crate::upstream::{self, UpstreamError};
 use crate::wire::{self, Reader};
 
@@ -38,6 +41,7 @@ impl CommandRunner for PgRunner {
         connection: Arc<ConnectionConfig>,
         text: &'a str,
         max_rows: usize,
+        masking: Option<Arc<SessionMasking>>,
     ) -> Pin<Box<dyn Future<Output = Result<ExecResult, RunError>> + Send + 'a>> {
         Box::pin(async move {
             let params = [("application_name".to_string(), "gatehouse exec".to_string())];
@@ -45,7 +49,28 @@ impl CommandRunner for PgRunner {
                 .await
                 .map_err(|e| connect_error(&connection.name, e))?;
             let mut stream = upstream.stream;
-            let run = query(&mut stream, text, max_rows);
+            let masking =
+                match masking {
+                    None => None,
+                    Some(rules) => {
+                        Some(PgMasking::resolve(rules, &mut stream).await.map_err(|e| {
+                            RunError {
+                                code: Some("58000".into()),
+                                message: format!("Gatehouse cannot set up masking: {e}"),
+                            }
+                        })?)
+                    }
+                };
+            if let Some(m) = &masking
+                && !m.relations.is_empty()
+                && let Err(reason) = gatehouse_pgsql::masking::check(text, &m.relations)
+            {
+                return Err(RunError {
+                    code: Some("42501".into()),
+                    message: format!("Gatehouse refused this statement: {reason}"),
+                });
+            }
+            let run = query(&mut stream, text, max_rows, masking.as_ref());
             let result = match tokio::time::timeout(self.statement_timeout, run).await {
                 Ok(r) => r,
                 Err(_) => {
@@ -80,6 +105,7 @@ pub(crate) async fn query(
     stream: &mut crate::stream::PgStream,
     text: &str,
     max_rows: usize,
+    masking: Option<&PgMasking>,
 ) -> Result<ExecResult, RunError> {
     let protocol = |m: String| RunError {
         code: Some("08P01".into()),
@@ -100,10 +126,18 @@ pub(crate) async fn query(
     let mut current = StatementResult::default();
     let mut error: Option<RunError> = None;
     let mut kept_bytes = 0usize;
+    let mut plan: Option<Vec<ColumnPlan>> = None;
     loop {
         let frame = upstream::read_frame_limited(stream, MAX_FRAME)
             .await
             .map_err(|e| protocol(e.to_string()))?;
+        let frame = match masking {
+            None => frame,
+            Some(m) => mask_frame(m, frame, &mut plan).map_err(|e| RunError {
+                code: Some("58000".into()),
+                message: format!("Gatehouse could not mask the result ({e}); nothing was returned"),
+            })?,
+        };
         let body = &frame[5..];
         match frame[0] {
             b'T' => {
@@ -152,6 +186,29 @@ pub(crate) async fn query(
         Some(e) => Err(e),
         None => Ok(ExecResult { results }),
     }
+}
+
+/// Masks one server message of a one-shot result, keeping the current column plan.
+fn mask_frame(
+    m: &PgMasking,
+    frame: BytesMut,
+    plan: &mut Option<Vec<ColumnPlan>>,
+) -> Result<BytesMut, MaskError> {
+    let replaced = match frame[0] {
+        b'T' => {
+            *plan = Some(m.plan(&frame[5..])?);
+            None
+        }
+        b'D' => m.data_row(&frame, plan.as_deref())?,
+        b'E' | b'N' => m.fields(&frame)?,
+        b'd' => m.copy_data(&frame)?,
+        b'H' => {
+            crate::mask::check_copy_out(&frame)?;
+            None
+        }
+        _ => None,
+    };
+    Ok(replaced.unwrap_or(frame))
 }
 
 fn row_description(body: &[u8]) -> Result<Vec<String>, wire::WireError> {

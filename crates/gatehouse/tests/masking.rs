@@ -191,6 +191,37 @@ async fn canaries_never_reach_the_client_through_psql() {
     assert!(all.contains("tok_"), "emails become tokens: {all}");
     assert!(leaks(&all).is_empty(), "leaked {:?}: {all}", leaks(&all));
 
+    // One-shot commands (gatehouse exec, REST, MCP) are masked the same way.
+    let out = gw.cli_as(
+        &agent,
+        &[
+            "exec",
+            "appdb",
+            "-e",
+            "SELECT * FROM m_users",
+            "--format",
+            "json",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("****961") && text.contains("tok_"), "{text}");
+    assert!(
+        leaks(&text).is_empty(),
+        "exec leaked {:?}: {text}",
+        leaks(&text)
+    );
+    let out = gw.cli_as(
+        &agent,
+        &["exec", "appdb", "-e", "SELECT lower(ssn) FROM m_users"],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"ssn\" is masked"));
+
     // An exempt group sees the SSN (the other rules still apply).
     let (ok, out, err) = gw.psql(
         &dba,
