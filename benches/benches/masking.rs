@@ -93,6 +93,7 @@ fn main() {
         .for_session(&identity, "appdb")
         .expect("rules apply");
     let pg = PgMasking::values_only(Arc::clone(&session));
+    let mut counts = pg.new_counts();
 
     let mut c = Criterion::default().configure_from_args();
     let mut group = c.benchmark_group("mask");
@@ -111,7 +112,7 @@ fn main() {
     c.bench_function("datarow/100-rows", |b| {
         b.iter(|| {
             for f in &frames {
-                black_box(pg.data_row(black_box(f), None).expect("masks"));
+                black_box(pg.data_row(black_box(f), None, &mut counts).expect("masks"));
             }
         })
     });
@@ -135,7 +136,7 @@ fn main() {
         .map(|_| {
             let t = Instant::now();
             for f in &frames {
-                black_box(pg.data_row(black_box(f), None).expect("masks"));
+                black_box(pg.data_row(black_box(f), None, &mut counts).expect("masks"));
             }
             t.elapsed().as_secs_f64() * 1e6
         })

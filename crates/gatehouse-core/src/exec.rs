@@ -49,6 +49,9 @@ pub trait CommandRunner: Send + Sync {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ExecResult {
     pub results: Vec<StatementResult>,
+    /// How many values each masking rule masked (for the record).
+    #[serde(skip)]
+    pub masked: Vec<(String, u64)>,
 }
 
 /// One statement's result set, with values as text.
@@ -188,6 +191,7 @@ impl Pipeline {
                     outcome: Outcome::Denied,
                     rows: None,
                     code: Some("42501".into()),
+                    masked: Vec::new(),
                 };
                 session
                     .complete(inflight, done)
@@ -212,11 +216,13 @@ impl Pipeline {
                         outcome: Outcome::Ok,
                         rows: Some(r.results.iter().map(|s| s.row_count).sum()),
                         code: None,
+                        masked: r.masked.clone(),
                     },
                     Err(e) => Completion {
                         outcome: Outcome::Error,
                         rows: None,
                         code: e.code.clone(),
+                        masked: Vec::new(),
                     },
                 };
                 session

@@ -144,6 +144,9 @@ pub struct Completion {
     pub rows: Option<i64>,
     /// The protocol's own error code (SQLSTATE for PostgreSQL).
     pub code: Option<String>,
+    /// How many values each masking rule masked in the result (rules that masked none are
+    /// left out).
+    pub masked: Vec<(String, u64)>,
 }
 
 /// Shared state of a running gateway: config, identity, policy and recording.
@@ -378,6 +381,7 @@ impl SessionHandle {
             sqlstate: done.code,
             decision: Some(command.decision.name().to_string()),
             policies: command.decision.policies,
+            masked: done.masked,
         };
         self.recorder.record(Record::Statement(Box::new(row))).await
     }

@@ -142,6 +142,12 @@ const MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX grants_expires ON grants(expires_at);
     "#,
     ),
+    (
+        6,
+        r#"
+    ALTER TABLE statements ADD COLUMN masked TEXT;
+    "#,
+    ),
 ];
 
 mod grants;
@@ -255,6 +261,18 @@ pub struct StatementRow {
     pub decision: Option<String>,
     /// The policies that determined the decision.
     pub policies: Vec<String>,
+    /// Values masked in the result, per masking rule.
+    #[serde(serialize_with = "masked_as_map")]
+    pub masked: Vec<(String, u64)>,
+}
+
+fn masked_as_map<S: serde::Serializer>(v: &[(String, u64)], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(v.len()))?;
+    for (k, n) in v {
+        map.serialize_entry(k, n)?;
+    }
+    map.end()
 }
 
 /// Something the data path wants kept; written in batches by the recorder.
@@ -430,8 +448,8 @@ impl Store {
                 }
                 Record::Statement(st) => {
                     sqlx::query(
-                        "INSERT INTO statements (session_id, seq, started_at, duration_us, text, params, rows, outcome, sqlstate, decision, policies)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                        "INSERT INTO statements (session_id, seq, started_at, duration_us, text, params, rows, outcome, sqlstate, decision, policies, masked)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                     )
                     .bind(&st.session_id)
                     .bind(st.seq)
@@ -444,6 +462,11 @@ impl Store {
                     .bind(&st.sqlstate)
                     .bind(&st.decision)
                     .bind(to_json(&st.policies))
+                    .bind((!st.masked.is_empty()).then(|| {
+                        let map: std::collections::BTreeMap<&str, u64> =
+                            st.masked.iter().map(|(k, n)| (k.as_str(), *n)).collect();
+                        to_json(&map)
+                    }))
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -493,7 +516,7 @@ impl Store {
     }
 
     pub async fn list_statements(&self, session_id: &str) -> Result<Vec<StatementRow>, StoreError> {
-        sqlx::query("SELECT session_id, seq, started_at, duration_us, text, params, rows, outcome, sqlstate, decision, policies
+        sqlx::query("SELECT session_id, seq, started_at, duration_us, text, params, rows, outcome, sqlstate, decision, policies, masked
              FROM statements WHERE session_id = $1 ORDER BY seq")
             .bind(session_id)
             .fetch_all(&self.pool)
@@ -502,6 +525,7 @@ impl Store {
             .map(|r| {
                 let params: Option<String> = r.try_get("params")?;
                 let policies: Option<String> = r.try_get("policies")?;
+                let masked: Option<String> = r.try_get("masked")?;
                 Ok(StatementRow {
                     session_id: r.try_get("session_id")?,
                     seq: r.try_get("seq")?,
@@ -520,6 +544,14 @@ impl Store {
                         .map(|p| serde_json::from_str(&p))
                         .transpose()
                         .map_err(|_| StoreError::Corrupt("statements.policies"))?
+                        .unwrap_or_default(),
+                    masked: masked
+                        .map(|m| {
+                            serde_json::from_str::<std::collections::BTreeMap<String, u64>>(&m)
+                        })
+                        .transpose()
+                        .map_err(|_| StoreError::Corrupt("statements.masked"))?
+                        .map(|m| m.into_iter().collect())
                         .unwrap_or_default(),
                 })
             })

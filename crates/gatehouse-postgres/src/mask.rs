@@ -141,6 +141,33 @@ impl PgMasking {
         })
     }
 
+    /// The rule names counts are kept for: column rules, then value rules.
+    pub fn rule_names(&self) -> Vec<String> {
+        self.session
+            .column_rules
+            .iter()
+            .map(|r| r.name.clone())
+            .chain(self.session.values.rules().iter().map(|r| r.name.clone()))
+            .collect()
+    }
+
+    /// A zeroed counter per rule, in [`PgMasking::rule_names`] order.
+    pub fn new_counts(&self) -> Vec<u64> {
+        vec![0; self.session.column_rules.len() + self.session.values.rules().len()]
+    }
+
+    /// Detectors over `text`, counting into the value rules' part of `counts`.
+    fn mask_text<'a>(&self, text: &'a str, counts: &mut [u64]) -> std::borrow::Cow<'a, str> {
+        let values = counts
+            .get_mut(self.session.column_rules.len()..)
+            .unwrap_or_default();
+        match self.session.values.mask_text(text, values) {
+            TextOutcome::Clear(t) => std::borrow::Cow::Borrowed(t),
+            TextOutcome::Masked(m) => std::borrow::Cow::Owned(m),
+            TextOutcome::Null => std::borrow::Cow::Borrowed(gatehouse_mask::strategy::REDACTED),
+        }
+    }
+
     /// `true` when some result columns are masked by name (not only by value).
     pub fn has_column_rules(&self) -> bool {
         !self.origins.is_empty()
@@ -173,6 +200,7 @@ impl PgMasking {
         &self,
         frame: &[u8],
         plan: Option<&[ColumnPlan]>,
+        counts: &mut [u64],
     ) -> Result<Option<BytesMut>, MaskError> {
         let mut r = Reader::new(&frame[5..], "DataRow");
         let n = r.i16()?.max(0) as usize;
@@ -198,7 +226,7 @@ impl PgMasking {
                 kind: ValueKind::Text,
                 binary: false,
             });
-            if let Some(rep) = self.mask_value(value, col)? {
+            if let Some(rep) = self.mask_value(value, col, counts)? {
                 if replaced.is_empty() {
                     replaced.resize_with(n, || None);
                 }
@@ -231,8 +259,16 @@ impl PgMasking {
         Ok(out)
     }
 
-    fn mask_value(&self, value: &[u8], col: ColumnPlan) -> Result<Option<Replacement>, MaskError> {
+    fn mask_value(
+        &self,
+        value: &[u8],
+        col: ColumnPlan,
+        counts: &mut [u64],
+    ) -> Result<Option<Replacement>, MaskError> {
         if let Some(rule) = col.rule {
+            if let Some(c) = counts.get_mut(rule) {
+                *c += 1;
+            }
             let rule = &self.session.column_rules[rule];
             if col.kind == ValueKind::Other {
                 // A number, date or bytea cannot hold "****": NULL is valid in every type and
@@ -258,8 +294,10 @@ impl PgMasking {
             },
             _ => text_of(value, col)?,
         };
-        let mut counts = [0u64; 0];
-        Ok(match self.session.values.mask_text(text, &mut counts) {
+        let values = counts
+            .get_mut(self.session.column_rules.len()..)
+            .unwrap_or_default();
+        Ok(match self.session.values.mask_text(text, values) {
             TextOutcome::Clear(_) => None,
             TextOutcome::Null => Some(Replacement::Null),
             TextOutcome::Masked(t) => Some(Replacement::Bytes(match col.kind {
@@ -274,7 +312,7 @@ impl PgMasking {
     }
 
     /// Masks the text fields of an ErrorResponse or NoticeResponse frame.
-    pub fn fields(&self, frame: &[u8]) -> Result<Option<BytesMut>, MaskError> {
+    pub fn fields(&self, frame: &[u8], counts: &mut [u64]) -> Result<Option<BytesMut>, MaskError> {
         let body = &frame[5..];
         let mut parts: Vec<(u8, std::borrow::Cow<'_, str>)> = Vec::new();
         let mut changed = false;
@@ -293,7 +331,7 @@ impl PgMasking {
                 b'S' | b'V' | b'C' | b'P' | b'p' | b'F' | b'L' | b'R' => {
                     std::borrow::Cow::Borrowed(text)
                 }
-                _ => self.session.values.mask_str(text),
+                _ => self.mask_text(text, counts),
             };
             changed |= matches!(masked, std::borrow::Cow::Owned(_));
             parts.push((code, masked));
@@ -317,12 +355,16 @@ impl PgMasking {
     }
 
     /// Masks a NotificationResponse payload.
-    pub fn notification(&self, frame: &[u8]) -> Result<Option<BytesMut>, MaskError> {
+    pub fn notification(
+        &self,
+        frame: &[u8],
+        counts: &mut [u64],
+    ) -> Result<Option<BytesMut>, MaskError> {
         let mut r = Reader::new(&frame[5..], "NotificationResponse");
         let pid = r.i32()?;
         let channel = r.cstr()?;
         let payload = r.cstr()?;
-        let masked = self.session.values.mask_str(payload);
+        let masked = self.mask_text(payload, counts);
         if matches!(masked, std::borrow::Cow::Borrowed(_)) {
             return Ok(None);
         }
@@ -340,9 +382,13 @@ impl PgMasking {
     }
 
     /// Masks one CopyData frame of a text-format COPY TO.
-    pub fn copy_data(&self, frame: &[u8]) -> Result<Option<BytesMut>, MaskError> {
+    pub fn copy_data(
+        &self,
+        frame: &[u8],
+        counts: &mut [u64],
+    ) -> Result<Option<BytesMut>, MaskError> {
         let text = std::str::from_utf8(&frame[5..]).map_err(|_| MaskError::NotUtf8)?;
-        let masked = self.session.values.mask_str(text);
+        let masked = self.mask_text(text, counts);
         if matches!(masked, std::borrow::Cow::Borrowed(_)) {
             return Ok(None);
         }

@@ -127,13 +127,14 @@ pub(crate) async fn query(
     let mut error: Option<RunError> = None;
     let mut kept_bytes = 0usize;
     let mut plan: Option<Vec<ColumnPlan>> = None;
+    let mut counts = masking.map(|m| m.new_counts()).unwrap_or_default();
     loop {
         let frame = upstream::read_frame_limited(stream, MAX_FRAME)
             .await
             .map_err(|e| protocol(e.to_string()))?;
         let frame = match masking {
             None => frame,
-            Some(m) => mask_frame(m, frame, &mut plan).map_err(|e| RunError {
+            Some(m) => mask_frame(m, frame, &mut plan, &mut counts).map_err(|e| RunError {
                 code: Some("58000".into()),
                 message: format!("Gatehouse could not mask the result ({e}); nothing was returned"),
             })?,
@@ -184,8 +185,23 @@ pub(crate) async fn query(
     }
     match error {
         Some(e) => Err(e),
-        None => Ok(ExecResult { results }),
+        None => Ok(ExecResult {
+            results,
+            masked: masking
+                .map(|m| named_counts(&m.rule_names(), &counts))
+                .unwrap_or_default(),
+        }),
     }
+}
+
+/// Pairs rule names with their non-zero counts.
+pub(crate) fn named_counts(names: &[String], counts: &[u64]) -> Vec<(String, u64)> {
+    names
+        .iter()
+        .zip(counts)
+        .filter(|(_, n)| **n > 0)
+        .map(|(name, n)| (name.clone(), *n))
+        .collect()
 }
 
 /// Masks one server message of a one-shot result, keeping the current column plan.
@@ -193,15 +209,16 @@ fn mask_frame(
     m: &PgMasking,
     frame: BytesMut,
     plan: &mut Option<Vec<ColumnPlan>>,
+    counts: &mut [u64],
 ) -> Result<BytesMut, MaskError> {
     let replaced = match frame[0] {
         b'T' => {
             *plan = Some(m.plan(&frame[5..])?);
             None
         }
-        b'D' => m.data_row(&frame, plan.as_deref())?,
-        b'E' | b'N' => m.fields(&frame)?,
-        b'd' => m.copy_data(&frame)?,
+        b'D' => m.data_row(&frame, plan.as_deref(), counts)?,
+        b'E' | b'N' => m.fields(&frame, counts)?,
+        b'd' => m.copy_data(&frame, counts)?,
         b'H' => {
             crate::mask::check_copy_out(&frame)?;
             None

@@ -191,6 +191,27 @@ async fn canaries_never_reach_the_client_through_psql() {
     assert!(all.contains("tok_"), "emails become tokens: {all}");
     assert!(leaks(&all).is_empty(), "leaked {:?}: {all}", leaks(&all));
 
+    // Each statement's record says how many values each rule masked.
+    let counted = gw.wait_for("a statement record with masked counts", || {
+        let sessions = gw.cli_json(&["sessions", "list"]);
+        sessions["sessions"].as_array()?.iter().find_map(|s| {
+            let shown = gw.cli_json(&["sessions", "show", s["id"].as_str()?]);
+            shown["statements"]
+                .as_array()?
+                .iter()
+                .find(|st| st["text"] == "SELECT * FROM m_users")
+                .cloned()
+        })
+    });
+    assert_eq!(counted["masked"]["ssn"], 1, "{counted}");
+    assert_eq!(counted["masked"]["passwords"], 1, "{counted}");
+    assert_eq!(counted["masked"]["salary"], 1, "{counted}");
+    assert_eq!(
+        counted["masked"]["emails"], 2,
+        "the email column and the one in notes: {counted}"
+    );
+    assert_eq!(counted["masked"]["cards"], 1, "{counted}");
+
     // One-shot commands (gatehouse exec, REST, MCP) are masked the same way.
     let out = gw.cli_as(
         &agent,

@@ -159,6 +159,7 @@ where
         simple_error: None,
         status,
         plan: None,
+        masked_counts: masking.as_ref().map(|m| m.new_counts()).unwrap_or_default(),
         policy: ServerPolicy {
             whole_rows: masking.is_some(),
         },

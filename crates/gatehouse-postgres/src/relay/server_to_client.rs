@@ -55,6 +55,8 @@ pub(super) struct ServerToClient<R, W> {
     pub(super) masking: Option<Arc<crate::mask::PgMasking>>,
     /// How the columns of the current result are masked.
     pub(super) plan: Option<Vec<crate::mask::ColumnPlan>>,
+    /// Values masked per rule since the last command completed.
+    pub(super) masked_counts: Vec<u64>,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
@@ -185,9 +187,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
                 if self.plan.is_none() && masking.has_column_rules() {
                     return Err(crate::mask::MaskError::NoPlan);
                 }
-                masking.data_row(&frame, self.plan.as_deref())?
+                masking.data_row(&frame, self.plan.as_deref(), &mut self.masked_counts)?
             }
-            b'd' => masking.copy_data(&frame)?,
+            b'd' => masking.copy_data(&frame, &mut self.masked_counts)?,
             b'H' => {
                 crate::mask::check_copy_out(&frame)?;
                 None
@@ -198,9 +200,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
                     // this error stands for it.
                     self.queue.pop_front();
                 }
-                masking.fields(&frame)?
+                masking.fields(&frame, &mut self.masked_counts)?
             }
-            b'A' => masking.notification(&frame)?,
+            b'A' => masking.notification(&frame, &mut self.masked_counts)?,
             b'C' | b'Z' => {
                 self.plan = None;
                 None
@@ -334,10 +336,19 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
         rows: Option<i64>,
         code: Option<String>,
     ) -> Result<(), EndReason> {
+        let masked = match &self.masking {
+            Some(m) if self.masked_counts.iter().any(|n| *n > 0) => {
+                let named = crate::oneshot::named_counts(&m.rule_names(), &self.masked_counts);
+                self.masked_counts.iter_mut().for_each(|n| *n = 0);
+                named
+            }
+            _ => Vec::new(),
+        };
         let done = Completion {
             outcome,
             rows,
             code,
+            masked,
         };
         if self.session.complete(cmd, done).await.is_err() {
             let mut bytes = BytesMut::new();
