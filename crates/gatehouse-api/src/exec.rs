@@ -76,6 +76,7 @@ async fn exec(
                 text: body.sql.as_deref(),
                 review: body.review.as_deref(),
                 max_rows: body.max_rows.unwrap_or(1000),
+                application: "gatehouse exec".into(),
             },
         )
         .await

@@ -40,9 +40,16 @@ pub fn router(state: ApiState) -> Router {
     routes::router().with_state(state)
 }
 
-/// Serves the API on `listener` until the future is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) -> std::io::Result<()> {
+/// Serves the API, and `extra` routes beside it (such as `/mcp`), on `listener` until the
+/// future is dropped.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    extra: Router,
+) -> std::io::Result<()> {
     // The peer address reaches handlers: a token may be limited to source networks.
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let app = extra
+        .merge(router(state))
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app).await
 }

@@ -86,6 +86,8 @@ pub struct ExecRequest<'a> {
     /// Run the command of this approved `exec` review.
     pub review: Option<&'a str>,
     pub max_rows: usize,
+    /// Recorded as the session's application name (`gatehouse exec`, `mcp:<client>/<version>`).
+    pub application: String,
 }
 
 /// How a one-shot request ended.
@@ -170,7 +172,7 @@ impl Pipeline {
                 identity: request.identity.clone(),
                 connection: connection.clone(),
                 client_addr: request.client_addr,
-                application_name: Some("gatehouse exec".into()),
+                application_name: Some(request.application.clone()),
             })
             .await
             .map_err(|_| ExecError::Recording)?;

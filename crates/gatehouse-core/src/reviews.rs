@@ -359,6 +359,11 @@ impl Reviews {
         Ok(review)
     }
 
+    /// One review with its votes.
+    pub async fn get(&self, id: &str) -> Result<Option<ReviewRow>, StoreError> {
+        self.store.get_review(id).await
+    }
+
     /// Expires reviews past their deadline, so nobody decides or runs them late.
     pub async fn expire_overdue(&self) -> Result<(), StoreError> {
         self.store

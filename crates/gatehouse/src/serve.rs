@@ -147,6 +147,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             statement_timeout: config.server.exec_timeout,
         }),
     );
+    let runners = Arc::new(runners);
+    let extra = mcp_routes(&config, &pipeline, &reviews, &auth, &runners);
     let api = tokio::spawn(gatehouse_api::serve(
         api_listener,
         ApiState {
@@ -155,8 +157,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             auth,
             reviews,
             pipeline,
-            runners: Arc::new(runners),
+            runners,
         },
+        extra,
     ));
 
     tokio::select! {
@@ -167,6 +170,42 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Give the recorder a moment to commit what it has queued.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     Ok(())
+}
+
+type Runners = Arc<
+    std::collections::HashMap<
+        gatehouse_core::config::ConnectionKind,
+        Arc<dyn gatehouse_core::exec::CommandRunner>,
+    >,
+>;
+
+/// The MCP server at `/mcp`, when built with the `mcp` feature.
+#[cfg(feature = "mcp")]
+fn mcp_routes(
+    config: &Arc<Config>,
+    pipeline: &Arc<Pipeline>,
+    reviews: &Arc<Reviews>,
+    auth: &Authenticator,
+    runners: &Runners,
+) -> axum::Router {
+    gatehouse_mcp::router(gatehouse_mcp::McpState {
+        config: config.clone(),
+        pipeline: pipeline.clone(),
+        reviews: reviews.clone(),
+        auth: auth.clone(),
+        runners: runners.clone(),
+    })
+}
+
+#[cfg(not(feature = "mcp"))]
+fn mcp_routes(
+    _: &Arc<Config>,
+    _: &Arc<Pipeline>,
+    _: &Arc<Reviews>,
+    _: &Authenticator,
+    _: &Runners,
+) -> axum::Router {
+    axum::Router::new()
 }
 
 /// The key of the masking `token` strategy: `[masking] key`, else a random key kept in the data
