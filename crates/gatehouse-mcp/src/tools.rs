@@ -11,10 +11,12 @@ use gatehouse_core::identity::Identity;
 use gatehouse_core::masking::glob_matches;
 use gatehouse_core::pipeline::Verdict;
 use gatehouse_core::reviews::Reviews;
+use rmcp::RoleServer;
 use rmcp::handler::server::common::Extension;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::CallToolResult;
 use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
+use rmcp::service::RequestContext;
 use rmcp::{ErrorData, ServerHandler, tool, tool_handler, tool_router};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -199,6 +201,7 @@ impl GatehouseTools {
     async fn query(
         &self,
         Extension(parts): Extension<http::request::Parts>,
+        context: RequestContext<RoleServer>,
         Parameters(args): Parameters<QueryArgs>,
     ) -> ToolResult {
         let (identity, client) = caller(&parts)?;
@@ -220,12 +223,26 @@ impl GatehouseTools {
         let Some(runner) = self.state.runners.get(&connection.kind).cloned() else {
             return refused("error", "this connection's kind cannot run queries".into());
         };
-        let application = match parts
-            .headers
-            .get("user-agent")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(agent) => format!("mcp ({})", agent.chars().take(80).collect::<String>()),
+        // The client's own name and version from its handshake, else its HTTP user agent.
+        let client_name = context
+            .peer
+            .peer_info()
+            .map(|info| format!("{}/{}", info.client_info.name, info.client_info.version))
+            .or_else(|| {
+                parts
+                    .headers
+                    .get("user-agent")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            });
+        let application = match client_name {
+            Some(name) => format!(
+                "mcp:{}",
+                name.chars()
+                    .filter(|c| !c.is_control())
+                    .take(80)
+                    .collect::<String>()
+            ),
             None => "mcp".to_string(),
         };
         let outcome = self
