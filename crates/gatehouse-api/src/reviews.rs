@@ -16,8 +16,7 @@ pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/api/v1/reviews", get(list_reviews))
         .route("/api/v1/reviews/{id}", get(show_review))
-        .route("/api/v1/reviews/{id}/approve", post(approve))
-        .route("/api/v1/reviews/{id}/deny", post(deny))
+        .route("/api/v1/reviews/{id}/{verb}", post(decide))
 }
 
 #[derive(Deserialize)]
@@ -81,33 +80,27 @@ struct VoteBody {
     reason: Option<String>,
 }
 
-async fn approve(
+/// `POST /api/v1/reviews/{id}/approve` and `/deny`.
+async fn decide(
     caller: Caller,
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    Path((id, verb)): Path<(String, String)>,
     body: Option<Json<VoteBody>>,
 ) -> Result<Json<Value>, ApiError> {
+    let approve = match verb.as_str() {
+        "approve" => true,
+        "deny" => false,
+        _ => {
+            return Err(ApiError::not_found(
+                "no such action on a review; use /approve or /deny",
+            ));
+        }
+    };
     vote(
         caller,
         state,
         id,
-        true,
-        body.map(|b| b.0).unwrap_or_default(),
-    )
-    .await
-}
-
-async fn deny(
-    caller: Caller,
-    State(state): State<ApiState>,
-    Path(id): Path<String>,
-    body: Option<Json<VoteBody>>,
-) -> Result<Json<Value>, ApiError> {
-    vote(
-        caller,
-        state,
-        id,
-        false,
+        approve,
         body.map(|b| b.0).unwrap_or_default(),
     )
     .await

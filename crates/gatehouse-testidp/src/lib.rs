@@ -429,7 +429,9 @@ impl Server {
     }
 }
 
-fn tls_material() -> (String, String, String) {
+/// A CA and a certificate for `localhost` and `127.0.0.1` signed by it: (CA PEM, certificate
+/// PEM, key PEM). Tests use it for any TLS server of their own.
+pub fn tls_material() -> (String, String, String) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();

@@ -366,6 +366,23 @@ fn exec(gw: &Gateway, token: &str, args: &[&str]) -> std::process::Output {
     gw.cli_as(token, &all)
 }
 
+/// `gatehouse exec appdb -e <sql>` in a thread, as a script that waits for its approval.
+fn spawn_exec(
+    gw: &Gateway,
+    token: &str,
+    sql: &str,
+) -> std::thread::JoinHandle<std::process::Output> {
+    let (url, token, sql) = (gw.url(), token.to_string(), sql.to_string());
+    std::thread::spawn(move || {
+        Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args(["exec", "appdb", "-e", &sql])
+            .env("GATEHOUSE_URL", url)
+            .env("GATEHOUSE_TOKEN", token)
+            .output()
+            .unwrap()
+    })
+}
+
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
@@ -483,20 +500,7 @@ async fn exec_runs_one_command_and_reviews_outlive_the_request_and_a_restart() {
     assert_eq!(count("held_c", "later"), "1");
 
     // Waiting (the default): a spinner with the review id, then the result once approved.
-    let (url, token) = (gw.url(), agent.clone());
-    let waiting = std::thread::spawn(move || {
-        Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-            .args([
-                "exec",
-                "appdb",
-                "-e",
-                "INSERT INTO held_c VALUES (2, 'waited')",
-            ])
-            .env("GATEHOUSE_URL", url)
-            .env("GATEHOUSE_TOKEN", token)
-            .output()
-            .unwrap()
-    });
+    let waiting = spawn_exec(&gw, &agent, "INSERT INTO held_c VALUES (2, 'waited')");
     let review = pending_review(&gw, "appdb");
     let id = review["id"].as_str().unwrap().to_string();
     assert_eq!(review["kind"], "exec");
@@ -517,20 +521,7 @@ async fn exec_runs_one_command_and_reviews_outlive_the_request_and_a_restart() {
     assert_eq!(count("held_c", "waited"), "1");
 
     // A denial ends the wait with exit 4 and the reason.
-    let (url, token) = (gw.url(), agent.clone());
-    let waiting = std::thread::spawn(move || {
-        Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-            .args([
-                "exec",
-                "appdb",
-                "-e",
-                "INSERT INTO held_c VALUES (3, 'refused')",
-            ])
-            .env("GATEHOUSE_URL", url)
-            .env("GATEHOUSE_TOKEN", token)
-            .output()
-            .unwrap()
-    });
+    let waiting = spawn_exec(&gw, &agent, "INSERT INTO held_c VALUES (3, 'refused')");
     let id = pending_review(&gw, "appdb")["id"]
         .as_str()
         .unwrap()
