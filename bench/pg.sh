@@ -11,7 +11,10 @@
 #   MODES="prepared" SCRIPTS="select" CLIENTS="8" bench/pg.sh
 #
 # Gatehouse runs with its features on: client TLS, a token, the shipped example policies
-# (examples/policies) deciding every statement, and recording.
+# (examples/policies) deciding every statement, masking rules loaded (value detectors for
+# emails, card numbers and SSNs on every value, and a column rule on pgbench_accounts.filler),
+# and recording. The target `bare` is a second Gatehouse with one allow-all policy and no
+# masking: the cost of the features is the difference between the two.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +24,7 @@ SCALE=${SCALE:-10}
 MODES=${MODES:-"simple extended prepared"}
 SCRIPTS=${SCRIPTS:-"select tpcb"}
 CLIENTS=${CLIENTS:-"8 1"}
-TARGETS=${TARGETS:-"direct pgbouncer gatehouse"}
+TARGETS=${TARGETS:-"direct pgbouncer gatehouse bare"}
 
 log() { printf '%s\n' "$*" >&2; }
 
@@ -55,6 +58,7 @@ trap cleanup EXIT
 
 PW=bench-$RANDOM$RANDOM
 PG_PORT=$(free_port); BOUNCER_PORT=$(free_port); GH_PORT=$(free_port); API_PORT=$(free_port)
+BARE_PORT=$(free_port); BARE_API_PORT=$(free_port)
 echo -n "$PW" > "$WORK/pwfile"
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
   -keyout "$WORK/server.key" -out "$WORK/server.crt" >/dev/null 2>&1
@@ -120,17 +124,43 @@ database = "postgres"
 user = "postgres"
 password = "env:BENCH_PG_PASSWORD"
 tags = { env = "bench" }
+[[masking.rules]]
+name = "emails"
+detector = "email"
+[[masking.rules]]
+name = "cards"
+detector = "payment_card"
+strategy = "partial"
+keep_last = 4
+[[masking.rules]]
+name = "ssn"
+detector = "us_ssn"
+[[masking.rules]]
+name = "filler"
+column = "public.pgbench_accounts.filler"
 EOF
 BENCH_PG_PASSWORD=$PW GATEHOUSE_LOG=warn "$GATEHOUSE" serve --config "$WORK/gatehouse.toml" 2>"$WORK/gatehouse.log" &
 GH_PID=$!
 PIDS+=($GH_PID)
-for _ in $(seq 100); do [ -f "$WORK/gh/admin.token" ] && break; sleep 0.1; done
+
+# The same gateway with its features at their cheapest: one allow-all policy, no masking.
+mkdir -p "$WORK/bare-policies"
+printf '@id("allow-all")\npermit(principal, action, resource);\n' > "$WORK/bare-policies/all.cedar"
+sed -e "s|$WORK/gh\"|$WORK/gh-bare\"|" -e "s|:$API_PORT\"|:$BARE_API_PORT\"|" -e "s|:$GH_PORT\"|:$BARE_PORT\"|" \
+    -e "s|$PWD/examples/policies/|$WORK/bare-policies/|" -e '/^\[\[masking.rules\]\]/,$d' \
+    "$WORK/gatehouse.toml" > "$WORK/gatehouse-bare.toml"
+BENCH_PG_PASSWORD=$PW GATEHOUSE_LOG=warn "$GATEHOUSE" serve --config "$WORK/gatehouse-bare.toml" 2>"$WORK/gatehouse-bare.log" &
+BARE_PID=$!
+PIDS+=($BARE_PID)
+for _ in $(seq 100); do [ -f "$WORK/gh/admin.token" ] && [ -f "$WORK/gh-bare/admin.token" ] && break; sleep 0.1; done
 TOKEN=$(GATEHOUSE_URL=http://127.0.0.1:$API_PORT GATEHOUSE_TOKEN=$(cat "$WORK/gh/admin.token") "$GATEHOUSE" token create --name bench --group agents 2>/dev/null)
+BARE_TOKEN=$(GATEHOUSE_URL=http://127.0.0.1:$BARE_API_PORT GATEHOUSE_TOKEN=$(cat "$WORK/gh-bare/admin.token") "$GATEHOUSE" token create --name bench --group agents 2>/dev/null)
 sleep 0.5
 
-port_of() { case $1 in direct) echo "$PG_PORT";; pgbouncer) echo "$BOUNCER_PORT";; gatehouse) echo "$GH_PORT";; esac; }
-pass_of() { case $1 in gatehouse) echo "$TOKEN";; *) echo "$PW";; esac; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$GH_PID/stat"; }
+port_of() { case $1 in direct) echo "$PG_PORT";; pgbouncer) echo "$BOUNCER_PORT";; gatehouse) echo "$GH_PORT";; bare) echo "$BARE_PORT";; esac; }
+pass_of() { case $1 in gatehouse) echo "$TOKEN";; bare) echo "$BARE_TOKEN";; *) echo "$PW";; esac; }
+pid_of() { case $1 in bare) echo "$BARE_PID";; *) echo "$GH_PID";; esac; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$(pid_of "$1")/stat"; }
 TICK=$(getconf CLK_TCK)
 
 RESULTS="$WORK/results.tsv"
@@ -147,17 +177,17 @@ run() { # target mode script clients -> tps, latency ms
 for round in $(seq "$ROUNDS"); do
   for script in $SCRIPTS; do for mode in $MODES; do for clients in $CLIENTS; do
     for target in $TARGETS; do
-      before=$(cpu_ticks)
+      before=$(cpu_ticks "$target")
       out=$(run "$target" "$mode" "$script" "$clients")
-      after=$(cpu_ticks)
+      after=$(cpu_ticks "$target")
       [ "$out" = FAILED ] && { log "pgbench reported failed transactions: $target $mode $script $clients"; exit 1; }
       tps=${out%%$'\t'*}; lat=${out##*$'\t'}
       cpu_us=""
-      if [ "$target" = gatehouse ]; then
+      if [ "$target" = gatehouse ] || [ "$target" = bare ]; then
         cpu_us=$(awk -v t=$((after - before)) -v tick="$TICK" -v tps="$tps" -v d="$DURATION" 'BEGIN { printf "%.1f", t / tick * 1e6 / (tps * d) }')
       fi
       printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$script" "$mode" "$clients" "$target" "$tps" "$lat" >> "$RESULTS"
-      [ -n "$cpu_us" ] && printf 'cpu\t%s\t%s\t%s\t%s\n' "$script" "$mode" "$clients" "$cpu_us" >> "$RESULTS"
+      [ -n "$cpu_us" ] && printf 'cpu\t%s\t%s\t%s\t%s\t%s\n' "$script" "$mode" "$clients" "$cpu_us" "$target" >> "$RESULTS"
       log "round $round: $script $mode c=$clients $target: $tps tps, $lat ms${cpu_us:+, gateway CPU ${cpu_us} us/txn}"
     done
   done; done; done
@@ -170,22 +200,28 @@ targets = sys.argv[2].split()
 tps = collections.defaultdict(list); lat = collections.defaultdict(list); cpu = collections.defaultdict(list)
 for r in rows:
     if r[0] == 'cpu':
-        cpu[tuple(r[1:4])].append(float(r[4]))
+        cpu[tuple(r[1:4]) + (r[5] if len(r) > 5 else 'gatehouse',)].append(float(r[4]))
     else:
         key = tuple(r[1:4]); tps[key + (r[4],)].append(float(r[5])); lat[key + (r[4],)].append(float(r[6]))
 keys = sorted({k[:3] for k in tps}, key=lambda k: (k[0], k[1], -int(k[2])))
-head = "| script | mode | clients | " + " | ".join(f"{t} tps" for t in targets) + " | gatehouse/direct | "
-head += "gatehouse/pgbouncer | " if 'pgbouncer' in targets else ""
-head += "added latency (ms) | gateway CPU/txn (us) |"
+gateways = [t for t in ('gatehouse', 'bare') if t in targets]
+head = "| script | mode | clients | " + " | ".join(f"{t} tps" for t in targets) + " | "
+for g in gateways:
+    head += f"{g}/direct | "
+    if 'pgbouncer' in targets:
+        head += f"{g}/pgbouncer | "
+head += "added latency (ms) | " + " | ".join(f"{g} CPU/txn (us)" for g in gateways) + " |"
 print(head); print("|" + "---|" * (head.count("|") - 1))
 for k in keys:
     med = {t: statistics.median(tps[k + (t,)]) for t in targets if tps.get(k + (t,))}
     mlat = {t: statistics.median(lat[k + (t,)]) for t in targets if lat.get(k + (t,))}
     cells = [k[0], k[1], k[2]] + [f"{med[t]:.0f}" for t in targets]
-    cells.append(f"{med['gatehouse'] / med['direct']:.2f}x")
-    if 'pgbouncer' in targets:
-        cells.append(f"{med['gatehouse'] / med['pgbouncer']:.2f}x")
-    cells.append(f"{mlat['gatehouse'] - mlat['direct']:+.3f}")
-    cells.append(f"{statistics.median(cpu[k]):.0f}" if cpu.get(k) else "-")
+    for g in gateways:
+        cells.append(f"{med[g] / med['direct']:.2f}x")
+        if 'pgbouncer' in targets:
+            cells.append(f"{med[g] / med['pgbouncer']:.2f}x")
+    cells.append(f"{mlat[gateways[0]] - mlat['direct']:+.3f}" if gateways else "-")
+    for g in gateways:
+        cells.append(f"{statistics.median(cpu[k + (g,)]):.0f}" if cpu.get(k + (g,)) else "-")
     print("| " + " | ".join(cells) + " |")
 EOF
