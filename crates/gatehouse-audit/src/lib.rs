@@ -1,0 +1,23 @@
+//! The audit log: one append-only file of records, each carrying a sequence number and the
+//! hash of the record before it, so that changing, deleting, inserting, reordering or
+//! truncating records breaks the chain; and periodic checkpoints signed with an Ed25519 key
+//! kept in the data directory, so that rewriting the chain from some point on (recomputing
+//! every hash) is caught by the signature over an earlier state.
+//!
+//! - [`record`]: the canonical encoding and the hash chain;
+//! - [`log`]: the writer (group commit, fsync, recovery of a torn tail);
+//! - [`verify`]: the verifier, which works offline on a copy of the file.
+
+pub mod log;
+pub mod record;
+pub mod verify;
+
+pub use log::{AuditLog, Durability};
+pub use record::{Event, Record};
+pub use verify::{ExportedCheckpoint, Verification, last_checkpoint, verify_file};
+
+/// The file name of the log inside the audit directory.
+pub const LOG_FILE: &str = "audit.log";
+/// The signing key (PKCS#8, mode 0600) and its public half.
+pub const KEY_FILE: &str = "signing.key";
+pub const PUBLIC_KEY_FILE: &str = "signing.pub";

@@ -1,0 +1,353 @@
+//! The writer: one task owns the file, takes records from every caller, writes them in
+//! batches and syncs each batch to disk once (group commit), so many callers share one fsync.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::record::{Event, GENESIS, Record};
+use crate::{KEY_FILE, LOG_FILE, PUBLIC_KEY_FILE};
+
+/// When a caller's record counts as kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `append` returns once the record is on disk (synced).
+    Strict,
+    /// `append` returns once the record is queued; it reaches the disk with the next batch
+    /// (within milliseconds). A crash can lose the records of that window.
+    Batched,
+}
+
+/// Why the audit log failed. Callers refuse the action they wanted to record.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit log I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the audit signing key is unusable: {0}")]
+    Key(String),
+    #[error("the audit log writer has stopped")]
+    Stopped,
+}
+
+struct Job {
+    event: Event,
+    done: Option<oneshot::Sender<Result<u64, String>>>,
+}
+
+/// A handle to the audit log; cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Job>,
+    durability: Durability,
+    dir: PathBuf,
+}
+
+/// Where the chain stands.
+struct Tail {
+    seq: u64,
+    hash: String,
+    since_checkpoint: u64,
+}
+
+impl AuditLog {
+    /// Opens (creating) the log in `dir`, recovering a torn last line, and starts the writer.
+    /// A checkpoint is signed every `checkpoint_every` records and when the log goes quiet.
+    pub async fn open(
+        dir: &Path,
+        durability: Durability,
+        checkpoint_every: u64,
+    ) -> Result<AuditLog, AuditError> {
+        std::fs::create_dir_all(dir)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        let key = load_or_create_key(dir)?;
+        let path = dir.join(LOG_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)?;
+        let (tail, torn) = recover(&mut file, &path)?;
+        let (tx, rx) = mpsc::channel(8192);
+        let mut writer = Writer {
+            file,
+            key,
+            tail,
+            checkpoint_every: checkpoint_every.max(1),
+        };
+        if torn > 0 {
+            tracing::warn!(
+                bytes = torn,
+                "audit log: cut a torn last record left by a crash"
+            );
+            writer.write_batch(vec![Job {
+                event: Event::new("audit.recovered", None, json!({ "truncated_bytes": torn })),
+                done: None,
+            }]);
+        }
+        tokio::spawn(writer.run(rx));
+        Ok(AuditLog {
+            tx,
+            durability,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Records `event`. With [`Durability::Strict`] it returns once the record is synced and
+    /// gives its sequence number; with batched, once queued (sequence 0).
+    pub async fn append(&self, event: Event) -> Result<u64, AuditError> {
+        match self.durability {
+            Durability::Batched => {
+                self.tx
+                    .send(Job { event, done: None })
+                    .await
+                    .map_err(|_| AuditError::Stopped)?;
+                Ok(0)
+            }
+            Durability::Strict => {
+                let (done, wait) = oneshot::channel();
+                self.tx
+                    .send(Job {
+                        event,
+                        done: Some(done),
+                    })
+                    .await
+                    .map_err(|_| AuditError::Stopped)?;
+                match wait.await {
+                    Ok(Ok(seq)) => Ok(seq),
+                    Ok(Err(e)) => Err(AuditError::Io(std::io::Error::other(e))),
+                    Err(_) => Err(AuditError::Stopped),
+                }
+            }
+        }
+    }
+
+    /// Records `event` without waiting, for places that cannot wait (their failure is logged).
+    pub fn append_detached(&self, event: Event) {
+        if self.tx.try_send(Job { event, done: None }).is_err() {
+            tracing::error!("the audit log queue is full or stopped; a record was not kept");
+        }
+    }
+}
+
+struct Writer {
+    file: std::fs::File,
+    key: Ed25519KeyPair,
+    tail: Tail,
+    checkpoint_every: u64,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        loop {
+            // A quiet log gets a checkpoint, so its last records are covered by a signature.
+            let first = match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+                Ok(Some(job)) => job,
+                Ok(None) => {
+                    self.checkpoint_if_due(true);
+                    return;
+                }
+                Err(_) => {
+                    self.checkpoint_if_due(true);
+                    continue;
+                }
+            };
+            let mut batch = vec![first];
+            while batch.len() < 4096 {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.write_batch(batch);
+        }
+    }
+
+    fn write_batch(&mut self, batch: Vec<Job>) {
+        let now = now_micros();
+        let mut text = String::new();
+        let mut replies = Vec::new();
+        let start = (
+            self.tail.seq,
+            self.tail.hash.clone(),
+            self.tail.since_checkpoint,
+        );
+        for job in batch {
+            let record = Record::chain(self.tail.seq + 1, now, job.event, &self.tail.hash);
+            self.tail.seq = record.seq;
+            self.tail.hash = record.hash.clone();
+            self.tail.since_checkpoint += 1;
+            text.push_str(&record.to_line());
+            text.push('\n');
+            if let Some(done) = job.done {
+                replies.push((done, record.seq));
+            }
+        }
+        if self.tail.since_checkpoint >= self.checkpoint_every {
+            text.push_str(&self.checkpoint_record(now).to_line());
+            text.push('\n');
+        }
+        let written = self
+            .file
+            .write_all(text.as_bytes())
+            .and_then(|_| self.file.sync_data());
+        match written {
+            Ok(()) => {
+                for (done, seq) in replies {
+                    let _ = done.send(Ok(seq));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write the audit log");
+                // The chain continues from what is on disk: nothing of this batch counts.
+                (self.tail.seq, self.tail.hash, self.tail.since_checkpoint) = start;
+                for (done, _) in replies {
+                    let _ = done.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+
+    fn checkpoint_if_due(&mut self, quiet: bool) {
+        if self.tail.since_checkpoint > 0
+            && (quiet || self.tail.since_checkpoint >= self.checkpoint_every)
+        {
+            let line = format!("{}\n", self.checkpoint_record(now_micros()).to_line());
+            if let Err(e) = self
+                .file
+                .write_all(line.as_bytes())
+                .and_then(|_| self.file.sync_data())
+            {
+                tracing::error!(error = %e, "cannot write an audit checkpoint");
+            }
+        }
+    }
+
+    /// A record signing the chain up to the current tail.
+    fn checkpoint_record(&mut self, now: i64) -> Record {
+        let covers_seq = self.tail.seq;
+        let covers_hash = self.tail.hash.clone();
+        let signature = self
+            .key
+            .sign(checkpoint_message(covers_seq, &covers_hash).as_bytes());
+        let event = Event::new(
+            "audit.checkpoint",
+            None,
+            json!({
+                "covers_seq": covers_seq,
+                "covers_hash": covers_hash,
+                "signature": hex::encode(signature.as_ref()),
+                "public_key": hex::encode(self.key.public_key().as_ref()),
+            }),
+        );
+        let record = Record::chain(self.tail.seq + 1, now, event, &self.tail.hash);
+        self.tail.seq = record.seq;
+        self.tail.hash = record.hash.clone();
+        self.tail.since_checkpoint = 0;
+        record
+    }
+}
+
+/// What a checkpoint signs.
+pub fn checkpoint_message(seq: u64, hash: &str) -> String {
+    format!("gatehouse-audit-checkpoint:{seq}:{hash}")
+}
+
+/// Reads the log to find where the chain stands; cuts a torn last line (a crash in the middle
+/// of a write). Returns the tail and how many bytes were cut.
+fn recover(file: &mut std::fs::File, path: &Path) -> Result<(Tail, u64), AuditError> {
+    let mut text = Vec::new();
+    file.seek(SeekFrom::Start(0))?;
+    file.read_to_end(&mut text)?;
+    let mut tail = Tail {
+        seq: 0,
+        hash: GENESIS.to_string(),
+        since_checkpoint: 0,
+    };
+    let mut good_len = 0usize;
+    let mut offset = 0usize;
+    for line in text.split_inclusive(|b| *b == b'\n') {
+        let complete = line.ends_with(b"\n");
+        let parsed = complete
+            .then(|| serde_json::from_slice::<Record>(&line[..line.len() - 1]).ok())
+            .flatten();
+        match parsed {
+            Some(r) => {
+                tail.since_checkpoint = if r.event.kind == "audit.checkpoint" {
+                    0
+                } else {
+                    tail.since_checkpoint + 1
+                };
+                tail.seq = r.seq;
+                tail.hash = r.hash;
+                offset += line.len();
+                good_len = offset;
+            }
+            None => break,
+        }
+    }
+    let torn = (text.len() - good_len) as u64;
+    if torn > 0 {
+        // Only an incomplete last line is a crash; anything else is damage for `verify`.
+        if text[good_len..].contains(&b'\n') {
+            return Err(AuditError::Io(std::io::Error::other(format!(
+                "{} is damaged in the middle (not a torn last record); run `gatehouse audit verify`",
+                path.display()
+            ))));
+        }
+        file.set_len(good_len as u64)?;
+        file.sync_data()?;
+    }
+    Ok((tail, torn))
+}
+
+fn load_or_create_key(dir: &Path) -> Result<Ed25519KeyPair, AuditError> {
+    let path = dir.join(KEY_FILE);
+    let pkcs8 = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            let rng = ring::rand::SystemRandom::new();
+            let doc =
+                Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| AuditError::Key(e.to_string()))?;
+            write_private(&path, doc.as_ref())?;
+            doc.as_ref().to_vec()
+        }
+    };
+    let key = Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|e| AuditError::Key(e.to_string()))?;
+    std::fs::write(
+        dir.join(PUBLIC_KEY_FILE),
+        format!("{}\n", hex::encode(key.public_key().as_ref())),
+    )?;
+    Ok(key)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,213 @@
+//! Verifies a log file offline: the chain (sequence, previous hash, own hash), every
+//! checkpoint's signature over the state it covers, and optionally that an exported checkpoint
+//! kept elsewhere is still part of the log (which catches truncation and rewriting of
+//! everything after the last checkpoint kept in the file).
+
+use std::io::BufRead;
+use std::path::Path;
+
+use ring::signature::{ED25519, UnparsedPublicKey};
+use serde::{Deserialize, Serialize};
+
+use crate::log::checkpoint_message;
+use crate::record::{GENESIS, Record};
+
+/// A checkpoint as exported, to be kept off the gateway host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportedCheckpoint {
+    pub covers_seq: u64,
+    pub covers_hash: String,
+    pub signature: String,
+    pub public_key: String,
+}
+
+/// The result of a verification.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verification {
+    pub records: u64,
+    pub checkpoints: u64,
+    /// The last sequence number covered by a valid signature.
+    pub signed_through: u64,
+    /// The first problem found, with the line (1-based) it is on.
+    pub problem: Option<Problem>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    pub line: u64,
+    pub message: String,
+}
+
+/// Verifies `path` against `public_key` (hex, the log's `signing.pub`), and `anchor` when
+/// given.
+pub fn verify_file(
+    path: &Path,
+    public_key: &str,
+    anchor: Option<&ExportedCheckpoint>,
+) -> std::io::Result<Verification> {
+    let file = std::fs::File::open(path)?;
+    let key_bytes = hex::decode(public_key.trim()).unwrap_or_default();
+    let key = UnparsedPublicKey::new(&ED25519, key_bytes);
+    let mut v = Verification {
+        records: 0,
+        checkpoints: 0,
+        signed_through: 0,
+        problem: None,
+    };
+    let mut hashes: Vec<String> = Vec::new();
+    let mut prev = GENESIS.to_string();
+    let mut line_no = 0u64;
+    let fail = |v: &mut Verification, line: u64, message: String| {
+        v.problem = Some(Problem { line, message });
+    };
+    let mut reader = std::io::BufReader::new(file);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf)? == 0 {
+            break;
+        }
+        line_no += 1;
+        if !buf.ends_with(b"\n") {
+            fail(
+                &mut v,
+                line_no,
+                "the last record is cut off (torn write)".into(),
+            );
+            return Ok(v);
+        }
+        let record: Record = match serde_json::from_slice(&buf[..buf.len() - 1]) {
+            Ok(r) => r,
+            Err(e) => {
+                fail(&mut v, line_no, format!("not a valid record: {e}"));
+                return Ok(v);
+            }
+        };
+        let expected_seq = hashes.len() as u64 + 1;
+        if record.seq != expected_seq {
+            fail(
+                &mut v,
+                line_no,
+                format!(
+                    "sequence {} where {expected_seq} was expected (a record was deleted, inserted or moved)",
+                    record.seq
+                ),
+            );
+            return Ok(v);
+        }
+        if record.prev != prev {
+            fail(
+                &mut v,
+                line_no,
+                format!(
+                    "record {} does not follow the record before it (chain broken)",
+                    record.seq
+                ),
+            );
+            return Ok(v);
+        }
+        if record.expected_hash() != record.hash {
+            fail(
+                &mut v,
+                line_no,
+                format!(
+                    "record {} was changed (its hash does not match its content)",
+                    record.seq
+                ),
+            );
+            return Ok(v);
+        }
+        if record.event.kind == "audit.checkpoint" {
+            let d = &record.event.data;
+            let covers_seq = d["covers_seq"].as_u64().unwrap_or(0);
+            let covers_hash = d["covers_hash"].as_str().unwrap_or_default();
+            let actual = covers_seq
+                .checked_sub(1)
+                .and_then(|i| hashes.get(i as usize))
+                .map(String::as_str)
+                .unwrap_or(GENESIS);
+            let signature =
+                hex::decode(d["signature"].as_str().unwrap_or_default()).unwrap_or_default();
+            if actual != covers_hash
+                || key
+                    .verify(
+                        checkpoint_message(covers_seq, covers_hash).as_bytes(),
+                        &signature,
+                    )
+                    .is_err()
+            {
+                fail(
+                    &mut v,
+                    line_no,
+                    format!(
+                        "checkpoint {} does not carry a valid signature over the log before it (the log was rewritten)",
+                        record.seq
+                    ),
+                );
+                return Ok(v);
+            }
+            v.checkpoints += 1;
+            v.signed_through = covers_seq;
+        }
+        prev = record.hash.clone();
+        hashes.push(record.hash);
+        v.records += 1;
+    }
+    if let Some(a) = anchor {
+        let sig = hex::decode(&a.signature).unwrap_or_default();
+        if key
+            .verify(
+                checkpoint_message(a.covers_seq, &a.covers_hash).as_bytes(),
+                &sig,
+            )
+            .is_err()
+            || !a.public_key.eq_ignore_ascii_case(public_key.trim())
+        {
+            fail(
+                &mut v,
+                0,
+                "the exported checkpoint is not signed by this log's key".into(),
+            );
+        } else {
+            match a
+                .covers_seq
+                .checked_sub(1)
+                .and_then(|i| hashes.get(i as usize))
+            {
+                None => fail(
+                    &mut v,
+                    line_no,
+                    format!(
+                        "the log ends before record {} that the exported checkpoint covers (it was truncated)",
+                        a.covers_seq
+                    ),
+                ),
+                Some(h) if *h != a.covers_hash => fail(
+                    &mut v,
+                    a.covers_seq,
+                    format!(
+                        "record {} differs from the exported checkpoint (the log was rewritten)",
+                        a.covers_seq
+                    ),
+                ),
+                Some(_) => v.signed_through = v.signed_through.max(a.covers_seq),
+            }
+        }
+    }
+    Ok(v)
+}
+
+/// The last checkpoint in the log, for export.
+pub fn last_checkpoint(path: &Path) -> std::io::Result<Option<ExportedCheckpoint>> {
+    let reader = std::io::BufReader::new(std::fs::File::open(path)?);
+    let mut last = None;
+    for line in reader.lines() {
+        let Ok(record) = serde_json::from_str::<Record>(&line?) else {
+            continue;
+        };
+        if record.event.kind == "audit.checkpoint" {
+            last = serde_json::from_value(record.event.data).ok();
+        }
+    }
+    Ok(last)
+}
