@@ -104,6 +104,11 @@ async fn revoke(
         .revoke(&id, &caller.0, &state.config.grants)
         .await
         .map_err(grant_error)?;
+    state.audit.append_detached(gatehouse_audit::Event::new(
+        "grant.revoked",
+        Some(&caller.0.principal()),
+        json!({ "grant": grant.id, "name": grant.name, "holder": format!("{}/{}", grant.issuer, grant.subject) }),
+    ));
     Ok(Json(json!({ "revoked": grant })))
 }
 

@@ -26,6 +26,8 @@ pub struct ApiState {
     pub auth: Authenticator,
     pub reviews: Arc<gatehouse_core::reviews::Reviews>,
     pub pipeline: Arc<gatehouse_core::pipeline::Pipeline>,
+    /// Administrative actions (tokens, grant revocations) are kept here.
+    pub audit: gatehouse_audit::AuditLog,
     /// How one-shot commands run, per connection kind.
     pub runners: Arc<
         std::collections::HashMap<

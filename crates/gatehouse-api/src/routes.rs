@@ -167,6 +167,17 @@ async fn create_token(
         .iter()
         .map(|n| gatehouse_core::auth::parse_network(n).map_err(ApiError::bad_request))
         .collect::<Result<Vec<_>, _>>()?;
+    // Kept before the token exists: a token the audit log does not know is never issued.
+    state
+        .audit
+        .append(gatehouse_audit::Event::new(
+            "token.created",
+            Some(&caller.0.principal()),
+            json!({ "account": req.name, "groups": req.groups, "ttl": req.ttl,
+                    "allowed_networks": req.allowed_networks }),
+        ))
+        .await
+        .map_err(ApiError::internal)?;
     let issued = state
         .auth
         .issue(&req.name, req.groups, ttl, networks, &caller.0.principal())
@@ -197,6 +208,15 @@ async fn revoke_tokens(
     Path(selector): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
+    state
+        .audit
+        .append(gatehouse_audit::Event::new(
+            "token.revoked",
+            Some(&caller.0.principal()),
+            json!({ "selector": selector }),
+        ))
+        .await
+        .map_err(ApiError::internal)?;
     let n = state
         .store
         .revoke_tokens(&selector, now_micros())

@@ -33,7 +33,18 @@ pub struct Config {
     pub grants: Vec<GrantConfig>,
     /// `[masking]`: values masked before results reach the client.
     pub masking: MaskingConfig,
+    /// `[audit]`: the tamper-evident audit log.
+    pub audit: AuditConfig,
     pub connections: Vec<ConnectionConfig>,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// `strict`: an event counts once it is synced to disk; `batched`: once queued.
+    pub durability: gatehouse_audit::Durability,
+    /// A signed checkpoint every this many records (and whenever the log goes quiet).
+    pub checkpoint_every: u64,
 }
 
 /// `[masking]`.
@@ -414,7 +425,16 @@ struct RawConfig {
     #[serde(default)]
     masking: RawMasking,
     #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
     connections: Vec<RawConnection>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    durability: Option<String>,
+    checkpoint_every: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -810,6 +830,24 @@ impl RawConfig {
             });
         }
 
+        let durability = match self.audit.durability.as_deref() {
+            None | Some("strict") => gatehouse_audit::Durability::Strict,
+            Some("batched") => gatehouse_audit::Durability::Batched,
+            Some(other) => {
+                problem(
+                    "audit.durability".into(),
+                    format!("\"{other}\" is not \"strict\" or \"batched\""),
+                );
+                gatehouse_audit::Durability::Strict
+            }
+        };
+        let checkpoint_every = self.audit.checkpoint_every.unwrap_or(1000);
+        if !(1..=1_000_000).contains(&checkpoint_every) {
+            problem(
+                "audit.checkpoint_every".into(),
+                "must be from 1 to 1000000".into(),
+            );
+        }
         let mut masking = MaskingConfig::default();
         masking.key = match self.masking.key.map(|k| k.parse::<SecretRef>()) {
             None => None,
@@ -973,6 +1011,10 @@ impl RawConfig {
             identity: IdentityConfig { oidc },
             grants,
             masking,
+            audit: AuditConfig {
+                durability,
+                checkpoint_every,
+            },
             reviews: ReviewsConfig {
                 timeout: self.reviews.timeout.unwrap_or(Duration::from_secs(300)),
             },

@@ -234,6 +234,15 @@ impl Reviews {
             reason: None,
             votes: Vec::new(),
         };
+        self.audit(
+            "review.created",
+            Some(&review.requester),
+            serde_json::json!({
+                "review": review.id, "kind": "grant", "connection": review.connection,
+                "grant": name, "duration_secs": duration.as_secs(), "reason": reason.trim(),
+            }),
+        )
+        .await?;
         self.store().insert_review(&review).await?;
         tracing::info!(review = %review.id, grant = name, connection = %connection.name, requester = %review.requester, "grant requested");
         Ok(review)
@@ -265,6 +274,15 @@ impl Reviews {
             revoked_at: None,
             revoked_by: None,
         };
+        self.audit(
+            "grant.given",
+            Some(&review.requester),
+            serde_json::json!({
+                "grant": grant.id, "name": grant.name, "connection": grant.connection,
+                "review": review.id, "expires_at": grant.expires_at,
+            }),
+        )
+        .await?;
         self.store().insert_grant(&grant).await?;
         self.store()
             .transition_review(

@@ -157,6 +157,7 @@ pub struct Pipeline {
     recorder: Recorder,
     reviews: Arc<Reviews>,
     masking: Arc<crate::masking::Masking>,
+    audit: Option<gatehouse_audit::AuditLog>,
 }
 
 /// Who opened a session, to which connection, from where.
@@ -176,6 +177,7 @@ impl Pipeline {
         authorizer: Arc<dyn Authorizer>,
         reviews: Arc<Reviews>,
         masking: Arc<crate::masking::Masking>,
+        audit: Option<gatehouse_audit::AuditLog>,
     ) -> Self {
         Pipeline {
             config,
@@ -184,6 +186,7 @@ impl Pipeline {
             recorder,
             reviews,
             masking,
+            audit,
         }
     }
 
@@ -251,6 +254,28 @@ impl Pipeline {
             end_reason: None,
             statement_count: 0,
         };
+        if let Some(audit) = &self.audit {
+            // Kept before the session may do anything; no audit record, no session.
+            audit
+                .append(gatehouse_audit::Event::new(
+                    "session.opened",
+                    Some(&row.principal),
+                    serde_json::json!({
+                        "session": row.id,
+                        "protocol": row.protocol,
+                        "connection": row.connection,
+                        "groups": row.groups,
+                        "token_id": row.token_id,
+                        "client": row.client_addr,
+                        "application": row.application_name,
+                    }),
+                ))
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "cannot write the audit log");
+                    RecordError
+                })?;
+        }
         self.recorder
             .record(Record::SessionOpened(Box::new(row)))
             .await?;
@@ -268,6 +293,7 @@ impl Pipeline {
             authorizer: self.authorizer.clone(),
             recorder: self.recorder.clone(),
             reviews: self.reviews.clone(),
+            audit: self.audit.clone(),
         })
     }
 }
@@ -285,6 +311,7 @@ pub struct SessionHandle {
     authorizer: Arc<dyn Authorizer>,
     recorder: Recorder,
     reviews: Arc<Reviews>,
+    audit: Option<gatehouse_audit::AuditLog>,
 }
 
 impl SessionHandle {
@@ -392,6 +419,17 @@ impl SessionHandle {
         self.reviews
             .abandon_session(&self.id, "the session ended before the statement ran")
             .await;
+        if let Some(audit) = &self.audit
+            && let Err(e) = audit
+                .append(gatehouse_audit::Event::new(
+                    "session.closed",
+                    Some(&self.identity.principal()),
+                    serde_json::json!({ "session": &*self.id, "reason": reason }),
+                ))
+                .await
+        {
+            tracing::error!(session = %self.id, error = %e, "cannot write the audit log");
+        }
         let record = Record::SessionClosed {
             id: self.id.to_string(),
             ended_at: now_micros(),

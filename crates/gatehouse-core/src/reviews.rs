@@ -72,6 +72,12 @@ pub struct Reviews {
     default_timeout: Duration,
     waiting: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
     grants: Arc<GrantBook>,
+    audit: Option<gatehouse_audit::AuditLog>,
+}
+
+fn audit_failed(e: gatehouse_audit::log::AuditError) -> &'static str {
+    tracing::error!(error = %e, "cannot write the audit log");
+    "the audit log (it cannot be written)"
 }
 
 /// SHA-256 as lowercase hex.
@@ -91,12 +97,35 @@ pub struct Requester<'a> {
 }
 
 impl Reviews {
-    pub fn new(store: Store, default_timeout: Duration, grants: Arc<GrantBook>) -> Reviews {
+    pub fn new(
+        store: Store,
+        default_timeout: Duration,
+        grants: Arc<GrantBook>,
+        audit: Option<gatehouse_audit::AuditLog>,
+    ) -> Reviews {
         Reviews {
             store,
             default_timeout,
             waiting: Mutex::new(HashMap::new()),
             grants,
+            audit,
+        }
+    }
+
+    /// Keeps `kind` in the audit log; a review change that cannot be recorded does not happen.
+    pub(crate) async fn audit(
+        &self,
+        kind: &str,
+        actor: Option<&str>,
+        data: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        match &self.audit {
+            None => Ok(()),
+            Some(log) => log
+                .append(gatehouse_audit::Event::new(kind, actor, data))
+                .await
+                .map(|_| ())
+                .map_err(|e| StoreError::Corrupt(audit_failed(e))),
         }
     }
 
@@ -151,6 +180,17 @@ impl Reviews {
             reason: None,
             votes: Vec::new(),
         };
+        self.audit(
+            "review.created",
+            Some(&review.requester),
+            serde_json::json!({
+                "review": review.id, "kind": review.kind, "session": review.session_id,
+                "connection": review.connection, "policy": review.policy,
+                "text": gatehouse_audit::record::bounded_text(&review.text, 4096),
+                "text_sha256": review.text_hash, "params_sha256": review.params_hash,
+            }),
+        )
+        .await?;
         self.store.insert_review(&review).await?;
         tracing::info!(review = %review.id, session = requester.session_id, policy = %review.policy, "held a statement for review");
         Ok(review)
@@ -273,6 +313,12 @@ impl Reviews {
         if review.votes.iter().any(|v| v.voter == principal) {
             return Err(VoteError::AlreadyVoted);
         }
+        self.audit(
+            "review.voted",
+            Some(&principal),
+            serde_json::json!({ "review": id, "approve": approve, "reason": reason }),
+        )
+        .await?;
         let vote = NewVote {
             review_id: id,
             voter: &principal,

@@ -69,6 +69,9 @@ pub enum Command {
     /// Just-in-time grants: request one for a while, list those in force, revoke.
     #[command(subcommand)]
     Access(AccessCommand),
+    /// The tamper-evident audit log: verify it, export it, export a checkpoint.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Statements held for approval: list, show, approve, deny.
     #[command(subcommand)]
     Reviews(ReviewsCommand),
@@ -250,5 +253,51 @@ pub enum AccessCommand {
         id: String,
         #[command(flatten)]
         api: ApiArgs,
+    },
+}
+
+/// Where the audit log is: `--data-dir`, else the config's data directory.
+#[derive(Args)]
+pub struct AuditTarget {
+    /// The gateway's data directory (default: from the config).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub config: ConfigArg,
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Check the whole chain and every checkpoint signature; exits 1 at the first bad record.
+    Verify {
+        #[command(flatten)]
+        target: AuditTarget,
+        /// A checkpoint exported earlier (kept off the gateway host): also catches truncation
+        /// and rewriting after the last checkpoint in the file.
+        #[arg(long)]
+        from_checkpoint: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Print records as JSON lines (stable `seq` for de-duplication), for a SIEM.
+    Export {
+        #[command(flatten)]
+        target: AuditTarget,
+        /// Only records with this sequence number or later.
+        #[arg(long)]
+        since: Option<u64>,
+    },
+    /// Signed checkpoints.
+    #[command(subcommand)]
+    Checkpoint(CheckpointCommand),
+}
+
+#[derive(Subcommand)]
+pub enum CheckpointCommand {
+    /// Print the latest signed checkpoint as JSON, to keep off the gateway host (and give to
+    /// `audit verify --from-checkpoint` later).
+    Export {
+        #[command(flatten)]
+        target: AuditTarget,
     },
 }

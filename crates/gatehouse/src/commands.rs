@@ -32,6 +32,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Whoami(api) => whoami(&api),
         Command::Reviews(cmd) => crate::reviews::run(cmd),
         Command::Access(cmd) => crate::access::run(cmd),
+        Command::Audit(cmd) => crate::audit::run(cmd),
         Command::Exec {
             connection,
             sql,
@@ -91,7 +92,7 @@ fn config_path(arg: &ConfigArg) -> Option<PathBuf> {
         .or_else(|| Some(PathBuf::from("gatehouse.toml")).filter(|p| p.exists()))
 }
 
-fn load_config(arg: &ConfigArg) -> anyhow::Result<Config> {
+pub(crate) fn load_config(arg: &ConfigArg) -> anyhow::Result<Config> {
     match config_path(arg) {
         Some(path) => Ok(Config::load(&path)?),
         None => {

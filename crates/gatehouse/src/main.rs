@@ -2,6 +2,7 @@
 //! gateway logic of its own.
 
 mod access;
+mod audit;
 mod cli;
 mod client;
 mod commands;

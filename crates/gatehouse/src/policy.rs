@@ -39,7 +39,11 @@ fn fingerprint(config: &Config) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
 
 /// Reloads policies when their files change or on SIGHUP. An invalid new set is logged and
 /// the running one kept.
-pub async fn watch(config: Arc<Config>, engine: Arc<PolicyEngine>) {
+pub async fn watch(
+    config: Arc<Config>,
+    engine: Arc<PolicyEngine>,
+    audit: gatehouse_audit::AuditLog,
+) {
     if config.policy.files.is_empty() {
         return;
     }
@@ -66,8 +70,18 @@ pub async fn watch(config: Arc<Config>, engine: Arc<PolicyEngine>) {
         match gatehouse_policy::load::load(&config.policy.files, &config.policy.base) {
             Ok(policies) => {
                 let count = policies.set.policies().count();
+                let ids: Vec<String> = policies
+                    .set
+                    .policies()
+                    .map(|p| p.id().to_string())
+                    .collect();
                 engine.replace(policies);
                 tracing::info!(policies = count, "policies reloaded");
+                audit.append_detached(gatehouse_audit::Event::new(
+                    "policy.reloaded",
+                    None,
+                    serde_json::json!({ "policies": ids }),
+                ));
             }
             Err(e) => {
                 tracing::error!(error = %e, "policy reload failed; keeping the policies in force")

@@ -56,7 +56,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
     let engine = Arc::new(gatehouse_policy::PolicyEngine::new(policies));
-    tokio::spawn(crate::policy::watch(config.clone(), engine.clone()));
+    let policy_engine = engine.clone();
     let grants = Arc::new(
         gatehouse_core::grants::GrantBook::load(store.clone())
             .await
@@ -84,7 +84,36 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "reviews of statements held before the restart are abandoned"
         );
     }
-    let reviews = Arc::new(Reviews::new(store.clone(), config.reviews.timeout, grants));
+    let audit = gatehouse_audit::AuditLog::open(
+        &data_dir.join(crate::audit::AUDIT_DIR),
+        config.audit.durability,
+        config.audit.checkpoint_every,
+    )
+    .await
+    .context("cannot open the audit log")?;
+    audit
+        .append(gatehouse_audit::Event::new(
+            "gateway.started",
+            None,
+            serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "config": config.source.as_ref().map(|p| p.display().to_string()),
+                "connections": config.connections.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
+            }),
+        ))
+        .await
+        .context("cannot write the audit log")?;
+    tokio::spawn(crate::policy::watch(
+        config.clone(),
+        policy_engine,
+        audit.clone(),
+    ));
+    let reviews = Arc::new(Reviews::new(
+        store.clone(),
+        config.reviews.timeout,
+        grants,
+        Some(audit.clone()),
+    ));
     let masking = Arc::new(gatehouse_core::masking::Masking::new(
         &config.masking,
         masking_key(&config)?,
@@ -96,6 +125,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         authorizer,
         reviews.clone(),
         masking,
+        Some(audit.clone()),
     ));
 
     let pg_listener = TcpListener::bind(config.server.postgres_listen)
@@ -158,6 +188,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             reviews,
             pipeline,
             runners,
+            audit: audit.clone(),
         },
         extra,
     ));
