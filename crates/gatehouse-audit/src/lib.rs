@@ -12,7 +12,7 @@ pub mod log;
 pub mod record;
 pub mod verify;
 
-pub use log::{AuditLog, Durability};
+pub use log::{AuditLog, Durability, Pending};
 pub use record::{Event, Record};
 pub use verify::{ExportedCheckpoint, Verification, last_checkpoint, verify_file};
 

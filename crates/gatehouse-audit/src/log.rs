@@ -38,10 +38,27 @@ struct Job {
     done: Option<oneshot::Sender<Result<u64, String>>>,
 }
 
+/// A record queued for the log; [`Pending::wait`] returns once it is on disk (strict) or at
+/// once (batched).
+pub struct Pending(Option<oneshot::Receiver<Result<u64, String>>>);
+
+impl Pending {
+    pub async fn wait(self) -> Result<(), AuditError> {
+        match self.0 {
+            None => Ok(()),
+            Some(rx) => match rx.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(AuditError::Io(std::io::Error::other(e))),
+                Err(_) => Err(AuditError::Stopped),
+            },
+        }
+    }
+}
+
 /// A handle to the audit log; cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::UnboundedSender<Job>,
     durability: Durability,
     dir: PathBuf,
 }
@@ -75,7 +92,9 @@ impl AuditLog {
             .append(true)
             .open(&path)?;
         let (tail, torn) = recover(&mut file, &path)?;
-        let (tx, rx) = mpsc::channel(8192);
+        // Unbounded: in strict mode every caller waits for its own record, which bounds the
+        // queue by the number of callers; the writer drains it in batches.
+        let (tx, rx) = mpsc::unbounded_channel();
         let mut writer = Writer {
             file,
             key,
@@ -107,36 +126,29 @@ impl AuditLog {
     /// Records `event`. With [`Durability::Strict`] it returns once the record is synced and
     /// gives its sequence number; with batched, once queued (sequence 0).
     pub async fn append(&self, event: Event) -> Result<u64, AuditError> {
-        match self.durability {
-            Durability::Batched => {
-                self.tx
-                    .send(Job { event, done: None })
-                    .await
-                    .map_err(|_| AuditError::Stopped)?;
-                Ok(0)
-            }
+        self.enqueue(event)?.wait().await.map(|_| 0)
+    }
+
+    /// Queues `event` without waiting; wait on the result before acting on what it records
+    /// (several callers' records then share one sync).
+    pub fn enqueue(&self, event: Event) -> Result<Pending, AuditError> {
+        let (done, wait) = match self.durability {
+            Durability::Batched => (None, None),
             Durability::Strict => {
-                let (done, wait) = oneshot::channel();
-                self.tx
-                    .send(Job {
-                        event,
-                        done: Some(done),
-                    })
-                    .await
-                    .map_err(|_| AuditError::Stopped)?;
-                match wait.await {
-                    Ok(Ok(seq)) => Ok(seq),
-                    Ok(Err(e)) => Err(AuditError::Io(std::io::Error::other(e))),
-                    Err(_) => Err(AuditError::Stopped),
-                }
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
             }
-        }
+        };
+        self.tx
+            .send(Job { event, done })
+            .map_err(|_| AuditError::Stopped)?;
+        Ok(Pending(wait))
     }
 
     /// Records `event` without waiting, for places that cannot wait (their failure is logged).
     pub fn append_detached(&self, event: Event) {
-        if self.tx.try_send(Job { event, done: None }).is_err() {
-            tracing::error!("the audit log queue is full or stopped; a record was not kept");
+        if self.tx.send(Job { event, done: None }).is_err() {
+            tracing::error!("the audit log writer has stopped; a record was not kept");
         }
     }
 }
@@ -149,7 +161,7 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Job>) {
         loop {
             // A quiet log gets a checkpoint, so its last records are covered by a signature.
             let first = match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {

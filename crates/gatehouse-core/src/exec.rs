@@ -211,6 +211,12 @@ impl Pipeline {
             Verdict::Allow | Verdict::Review(_) => {
                 let max_rows = request.max_rows.clamp(1, MAX_ROWS);
                 let inflight = session.begin(1, start, decision);
+                if let Some(pending) = session
+                    .audit_intent(&inflight)
+                    .map_err(|_| ExecError::Recording)?
+                {
+                    pending.wait().await.map_err(|_| ExecError::Recording)?;
+                }
                 let masking = self.masking_for(request.identity, &connection.name);
                 let result = runner.run(connection, &text, max_rows, masking).await;
                 let done = match &result {

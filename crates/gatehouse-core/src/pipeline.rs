@@ -392,9 +392,53 @@ impl SessionHandle {
         }
     }
 
+    /// Queues the audit log's intent record of a command about to be forwarded. Wait on the
+    /// result before forwarding (strict durability); an error means the command must not run.
+    pub fn audit_intent(
+        &self,
+        command: &InFlight,
+    ) -> Result<Option<gatehouse_audit::Pending>, RecordError> {
+        let Some(audit) = &self.audit else {
+            return Ok(None);
+        };
+        let event = gatehouse_audit::Event::new(
+            "statement.intent",
+            Some(&self.identity.principal()),
+            serde_json::json!({
+                "session": &*self.id,
+                "seq": command.seq,
+                "text": gatehouse_audit::record::bounded_text(&command.command.text, 4096),
+                "params": command.command.params,
+                "decision": command.decision.name(),
+                "policies": command.decision.policies,
+            }),
+        );
+        audit.enqueue(event).map(Some).map_err(|e| {
+            tracing::error!(error = %e, "cannot queue an audit record");
+            RecordError
+        })
+    }
+
     /// Records how a command ended. An error means the command could not be recorded and the
     /// session must end.
     pub async fn complete(&self, command: InFlight, done: Completion) -> Result<(), RecordError> {
+        if let Some(audit) = &self.audit {
+            audit.append_detached(gatehouse_audit::Event::new(
+                "statement.outcome",
+                Some(&self.identity.principal()),
+                serde_json::json!({
+                    "session": &*self.id,
+                    "seq": command.seq,
+                    "decision": command.decision.name(),
+                    "policies": command.decision.policies,
+                    "outcome": done.outcome.as_str(),
+                    "rows": done.rows,
+                    "sqlstate": done.code,
+                    "duration_us": command.started.elapsed().as_micros() as u64,
+                    "masked": done.masked.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+                }),
+            ));
+        }
         let duration = command.started.elapsed().as_micros().min(i64::MAX as u128) as i64;
         let row = StatementRow {
             session_id: self.id.to_string(),

@@ -49,6 +49,8 @@ fn the_audit_log_records_actions_and_detects_tampering() {
         "gateway.started",
         "token.created",
         "session.opened",
+        "statement.intent",
+        "statement.outcome",
         "session.closed",
         "token.revoked",
         "audit.checkpoint",

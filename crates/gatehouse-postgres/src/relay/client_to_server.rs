@@ -70,7 +70,14 @@ pub(super) struct ClientToServer<R, W> {
     /// Masking of this session: statements are checked against its masked columns, and each
     /// Execute is preceded by a Describe so results can be masked by column.
     pub(super) masking: Option<Arc<crate::mask::PgMasking>>,
+    /// Audit intent records of the commands in `out`, awaited before `out` is sent.
+    pub(super) intents: Vec<gatehouse_audit::Pending>,
+    /// An intent record could not be queued: nothing more may be forwarded.
+    pub(super) audit_failed: bool,
 }
+
+/// The error a failed audit write surfaces as; the relay ends the session.
+const AUDIT_FAILED: &str = "the audit log cannot be written";
 
 /// Most client bytes read ahead while a statement waits for approval; past it the gateway
 /// stops reading (the client's later messages wait in the socket).
@@ -99,7 +106,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                     Ok(Some(held)) => {
                         // Everything before the held statement goes to the server now.
                         if let Err(e) = self.flush().await {
-                            return EndReason::Io(e.to_string());
+                            return flush_failed(e);
                         }
                         if let Err(reason) = self.hold(held).await {
                             return reason;
@@ -107,14 +114,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                     }
                     Err(reason) => {
                         if let Err(e) = self.flush().await {
-                            return EndReason::Io(e.to_string());
+                            return flush_failed(e);
                         }
                         return reason;
                     }
                 },
                 None => {
                     if let Err(e) = self.flush().await {
-                        return EndReason::Io(e.to_string());
+                        return flush_failed(e);
                     }
                     let filled = match self.idle_in_transaction {
                         Some(limit) => match self.fill_unless_idle_in_transaction(limit).await {
@@ -157,6 +164,17 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
+        // The audit log holds every command's intent before the command reaches the server
+        // (one sync for the whole batch, shared with other sessions).
+        for pending in std::mem::take(&mut self.intents) {
+            if pending.wait().await.is_err() {
+                self.audit_failed = true;
+            }
+        }
+        if self.audit_failed {
+            self.out.clear();
+            return Err(std::io::Error::other(AUDIT_FAILED));
+        }
         if !self.out.is_empty() {
             self.server.write_all(&self.out).await?;
             self.server.flush().await?;
@@ -226,14 +244,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                     if let Some(c) = &held.start.classification {
                         self.remember_sql_prepared(c);
                     }
-                    let inflight = self.begin(held.start, decision);
+                    let inflight = self.begin_forwarded(held.start, decision);
                     self.push(Expect::Simple(inflight));
                 } else {
                     if let Ok(portal) = wire::parse_execute(&held.frame[5..]) {
                         let portal = portal.to_string();
                         self.describe_for_masking(&portal);
                     }
-                    let inflight = self.begin(held.start, decision);
+                    let inflight = self.begin_forwarded(held.start, decision);
                     self.push(Expect::Execute(inflight));
                 }
                 self.out.extend_from_slice(&held.frame);
@@ -310,7 +328,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                         if let Some(c) = &start.classification {
                             self.remember_sql_prepared(c);
                         }
-                        let inflight = self.begin(start, decision);
+                        let inflight = self.begin_forwarded(start, decision);
                         self.push(Expect::Simple(inflight));
                         self.out.extend_from_slice(&frame);
                     }
@@ -440,7 +458,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                 match &decision.verdict {
                     Verdict::Allow => {
                         self.describe_for_masking(portal);
-                        let inflight = self.begin(start, decision);
+                        let inflight = self.begin_forwarded(start, decision);
                         self.push(Expect::Execute(inflight));
                         self.out.extend_from_slice(&frame);
                     }
@@ -515,6 +533,18 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
     fn begin(&mut self, start: CommandStart, decision: Decision) -> InFlight {
         self.seq += 1;
         self.session.begin(self.seq, start, decision)
+    }
+
+    /// [`Self::begin`] for a command that will be forwarded: its intent goes to the audit log
+    /// first.
+    fn begin_forwarded(&mut self, start: CommandStart, decision: Decision) -> InFlight {
+        let inflight = self.begin(start, decision);
+        match self.session.audit_intent(&inflight) {
+            Ok(Some(pending)) => self.intents.push(pending),
+            Ok(None) => {}
+            Err(_) => self.audit_failed = true,
+        }
+        inflight
     }
 
     /// Classifies a Parse's text, remembering the result for the rest of the session: drivers
@@ -621,6 +651,15 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
             reason: reason.clone(),
         });
         EndReason::ProtocolViolation(reason)
+    }
+}
+
+/// Why the relay ends when a flush fails.
+fn flush_failed(e: std::io::Error) -> EndReason {
+    if e.to_string() == AUDIT_FAILED {
+        EndReason::AuditFailed
+    } else {
+        EndReason::Io(e.to_string())
     }
 }
 

@@ -42,6 +42,8 @@ pub enum EndReason {
     IdleInTransaction,
     /// A result could not be masked; nothing unmasked was sent.
     MaskingFailed(String),
+    /// A command's audit record could not be written, so the command was not forwarded.
+    AuditFailed,
     Io(String),
 }
 
@@ -56,6 +58,7 @@ impl EndReason {
             EndReason::CredentialInvalid(m) => format!("credential_invalid: {m}"),
             EndReason::IdleInTransaction => "idle_in_transaction_timeout".into(),
             EndReason::MaskingFailed(m) => format!("masking_failed: {m}"),
+            EndReason::AuditFailed => "audit_failed".into(),
             EndReason::Io(m) => format!("io_error: {m}"),
         }
     }
@@ -145,6 +148,8 @@ where
         idle_in_transaction: limits.idle_in_transaction,
         interrupt,
         masking: masking.clone(),
+        intents: Vec::new(),
+        audit_failed: false,
     };
     let mut downstream = ServerToClient {
         framer: Framer::new(server_read),
@@ -176,6 +181,14 @@ where
             GatewayError::fatal("28000", format!("Gatehouse ended this session: {why}"))
                 .with_hint("connect again with a valid token")
                 .encode(&mut downstream.out);
+        }
+        EndReason::AuditFailed => {
+            GatewayError::fatal(
+                "58000",
+                "Gatehouse cannot write its audit log, so it did not run the statement and ended the session",
+            )
+            .with_hint("an administrator should check the gateway's data directory; reconnect later")
+            .encode(&mut downstream.out);
         }
         EndReason::MaskingFailed(why) => {
             GatewayError::fatal(
