@@ -25,6 +25,7 @@ MODES=${MODES:-"simple extended prepared"}
 SCRIPTS=${SCRIPTS:-"select tpcb"}
 CLIENTS=${CLIENTS:-"8 1"}
 TARGETS=${TARGETS:-"direct pgbouncer gatehouse bare"}
+AUDIT_DURABILITY=${AUDIT_DURABILITY:-strict}   # the audit log's [audit] durability, both gateways
 
 log() { printf '%s\n' "$*" >&2; }
 
@@ -113,6 +114,8 @@ data_dir = "$WORK/gh"
 api_listen = "127.0.0.1:$API_PORT"
 postgres_listen = "127.0.0.1:$GH_PORT"
 max_pending_handshakes = 8192
+[audit]
+durability = "$AUDIT_DURABILITY"
 [policy]
 files = ["$PWD/examples/policies/*.cedar"]
 [[connections]]

@@ -5,9 +5,11 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::mpsc;
+
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::record::{Event, GENESIS, Record};
 use crate::{KEY_FILE, LOG_FILE, PUBLIC_KEY_FILE};
@@ -58,7 +60,7 @@ impl Pending {
 /// A handle to the audit log; cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::UnboundedSender<Job>,
+    tx: mpsc::Sender<Job>,
     durability: Durability,
     dir: PathBuf,
 }
@@ -94,7 +96,7 @@ impl AuditLog {
         let (tail, torn) = recover(&mut file, &path)?;
         // Unbounded: in strict mode every caller waits for its own record, which bounds the
         // queue by the number of callers; the writer drains it in batches.
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel();
         let mut writer = Writer {
             file,
             key,
@@ -111,7 +113,11 @@ impl AuditLog {
                 done: None,
             }]);
         }
-        tokio::spawn(writer.run(rx));
+        // A thread of its own: writing and syncing block, and must not hold up the runtime's
+        // workers (every session's relay runs on them).
+        std::thread::Builder::new()
+            .name("gatehouse-audit".into())
+            .spawn(move || writer.run(rx))?;
         Ok(AuditLog {
             tx,
             durability,
@@ -161,16 +167,16 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Job>) {
+    fn run(mut self, rx: mpsc::Receiver<Job>) {
         loop {
             // A quiet log gets a checkpoint, so its last records are covered by a signature.
-            let first = match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
-                Ok(Some(job)) => job,
-                Ok(None) => {
+            let first = match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(job) => job,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
                     self.checkpoint_if_due(true);
                     return;
                 }
-                Err(_) => {
+                Err(mpsc::RecvTimeoutError::Timeout) => {
                     self.checkpoint_if_due(true);
                     continue;
                 }
