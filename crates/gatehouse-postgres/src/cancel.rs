@@ -14,9 +14,40 @@ pub struct CancelRegistry {
     inner: Arc<Mutex<HashMap<i32, Registered>>>,
 }
 
+/// How a CancelRequest reaches a session whose statement is held for approval (it is not on
+/// the server, so only the gateway can cancel it).
+#[derive(Default)]
+pub struct Interrupt {
+    notify: tokio::sync::Notify,
+    holding: std::sync::atomic::AtomicBool,
+}
+
+impl Interrupt {
+    /// Marks whether the session is holding a statement now.
+    pub fn set_holding(&self, holding: bool) {
+        self.holding
+            .store(holding, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Ends a hold in progress. `false` when nothing is held: the cancel is for the server.
+    pub fn cancel_hold(&self) -> bool {
+        if self.holding.load(std::sync::atomic::Ordering::SeqCst) {
+            self.notify.notify_waiters();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Resolves when a cancel ends the hold.
+    pub async fn cancelled(&self) {
+        self.notify.notified().await
+    }
+}
+
 /// A client-facing key, the backend it cancels, and the session's interrupt (which ends a
 /// wait for approval: the statement is not on the server yet, so only the gateway can cancel).
-type Registered = (Vec<u8>, CancelTarget, Arc<tokio::sync::Notify>);
+type Registered = (Vec<u8>, CancelTarget, Arc<Interrupt>);
 
 /// Removes its session's key from the registry when the session ends.
 pub struct CancelKey {
@@ -35,7 +66,7 @@ impl Drop for CancelKey {
 
 impl CancelRegistry {
     /// Issues a fresh client-facing key for `target`.
-    pub fn register(&self, target: CancelTarget, interrupt: Arc<tokio::sync::Notify>) -> CancelKey {
+    pub fn register(&self, target: CancelTarget, interrupt: Arc<Interrupt>) -> CancelKey {
         let mut rng = rand::rng();
         let key: [u8; 4] = rng.random();
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -56,7 +87,7 @@ impl CancelRegistry {
 
     /// The backend to cancel, and the session's interrupt, for a client's (pid, key), if the
     /// key matches exactly.
-    pub fn lookup(&self, pid: i32, key: &[u8]) -> Option<(CancelTarget, Arc<tokio::sync::Notify>)> {
+    pub fn lookup(&self, pid: i32, key: &[u8]) -> Option<(CancelTarget, Arc<Interrupt>)> {
         let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let (expected, target, interrupt) = map.get(&pid)?;
         constant_time_eq(expected, key).then(|| (target.clone(), interrupt.clone()))

@@ -407,7 +407,7 @@ async fn start_session(
         "session opened"
     );
 
-    let interrupt = Arc::new(tokio::sync::Notify::new());
+    let interrupt = Arc::new(crate::cancel::Interrupt::default());
     let cancel_key = ctx
         .cancels
         .register(upstream.cancel.clone(), interrupt.clone());
@@ -463,8 +463,12 @@ async fn cancel(pid: i32, key: &[u8], ctx: &PgContext) {
     // PostgreSQL never answers a cancel request; neither does the gateway, whatever the key.
     match ctx.cancels.lookup(pid, key) {
         Some((target, interrupt)) => {
-            // A statement held for approval is only on the gateway: end its wait.
-            interrupt.notify_waiters();
+            // A statement held for approval is only on the gateway: end its wait, and do not
+            // cancel whatever the session runs next on the server.
+            if interrupt.cancel_hold() {
+                tracing::info!("cancel request ended a wait for approval");
+                return;
+            }
             if let Err(e) = upstream::send_cancel(&target).await {
                 tracing::warn!(error = %e, "forwarding a cancel request failed");
             } else {

@@ -66,7 +66,7 @@ pub(super) struct ClientToServer<R, W> {
     pub(super) status: Arc<AtomicU8>,
     pub(super) idle_in_transaction: Option<std::time::Duration>,
     /// Woken by the session's CancelRequest: ends a wait for approval.
-    pub(super) interrupt: Arc<tokio::sync::Notify>,
+    pub(super) interrupt: Arc<crate::cancel::Interrupt>,
     /// Masking of this session: statements are checked against its masked columns, and each
     /// Execute is preceded by a Describe so results can be masked by column.
     pub(super) masking: Option<Arc<crate::mask::PgMasking>>,
@@ -206,11 +206,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
             let wait = session.await_review(&review);
             tokio::pin!(wait);
             let interrupt = self.interrupt.clone();
+            interrupt.set_holding(true);
             let mut reading = true;
             loop {
                 tokio::select! {
                     outcome = &mut wait => break Some(outcome),
-                    _ = interrupt.notified() => break Some(ReviewOutcome::Denied {
+                    _ = interrupt.cancelled() => break Some(ReviewOutcome::Denied {
                         by: "the client (CancelRequest)".into(),
                         reason: Some("canceled while waiting for approval".into()),
                     }),
@@ -221,6 +222,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                 }
             }
         };
+        self.interrupt.set_holding(false);
         let Some(outcome) = outcome else {
             // The session's close marks the review abandoned; it can never run now.
             return Err(EndReason::ClientClosed);

@@ -112,7 +112,7 @@ pub async fn relay<C, S>(
     server: S,
     session: SessionHandle,
     limits: RelayLimits,
-    interrupt: Arc<tokio::sync::Notify>,
+    interrupt: Arc<crate::cancel::Interrupt>,
     masking: Option<Arc<crate::mask::PgMasking>>,
 ) -> RelayEnd
 where
