@@ -102,6 +102,10 @@ impl AuditLog {
             key,
             tail,
             checkpoint_every: checkpoint_every.max(1),
+            window: match durability {
+                Durability::Strict => Duration::ZERO,
+                Durability::Batched => BATCHED_WINDOW,
+            },
         };
         if torn > 0 {
             tracing::warn!(
@@ -164,7 +168,14 @@ struct Writer {
     key: Ed25519KeyPair,
     tail: Tail,
     checkpoint_every: u64,
+    /// How long a batch collects records before it is written: nothing for strict (callers
+    /// wait, and the next batch forms while this one syncs), a few milliseconds for batched
+    /// (nobody waits, so fewer, larger syncs).
+    window: Duration,
 }
+
+/// The collection window of batched durability, and so its loss window on a crash.
+pub const BATCHED_WINDOW: Duration = Duration::from_millis(5);
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Job>) {
@@ -182,10 +193,17 @@ impl Writer {
                 }
             };
             let mut batch = vec![first];
+            let deadline = std::time::Instant::now() + self.window;
             while batch.len() < 4096 {
-                match rx.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let next = if left.is_zero() {
+                    rx.try_recv().ok()
+                } else {
+                    rx.recv_timeout(left).ok()
+                };
+                match next {
+                    Some(job) => batch.push(job),
+                    None => break,
                 }
             }
             self.write_batch(batch);
