@@ -234,16 +234,13 @@ impl Reviews {
             reason: None,
             votes: Vec::new(),
         };
-        self.audit(
-            "review.created",
-            Some(&review.requester),
+        self.create(
+            &review,
             serde_json::json!({
-                "review": review.id, "kind": "grant", "connection": review.connection,
                 "grant": name, "duration_secs": duration.as_secs(), "reason": reason.trim(),
             }),
         )
         .await?;
-        self.store().insert_review(&review).await?;
         tracing::info!(review = %review.id, grant = name, connection = %connection.name, requester = %review.requester, "grant requested");
         Ok(review)
     }

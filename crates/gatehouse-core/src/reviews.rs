@@ -180,20 +180,28 @@ impl Reviews {
             reason: None,
             votes: Vec::new(),
         };
-        self.audit(
-            "review.created",
-            Some(&review.requester),
-            serde_json::json!({
-                "review": review.id, "kind": review.kind, "session": review.session_id,
-                "connection": review.connection, "policy": review.policy,
-                "text": gatehouse_audit::record::bounded_text(&review.text, 4096),
-                "text_sha256": review.text_hash, "params_sha256": review.params_hash,
-            }),
-        )
-        .await?;
-        self.store.insert_review(&review).await?;
+        let details = serde_json::json!({
+            "session": review.session_id, "policy": review.policy,
+            "text": gatehouse_audit::record::bounded_text(&review.text, 4096),
+            "text_sha256": review.text_hash, "params_sha256": review.params_hash,
+        });
+        self.create(&review, details).await?;
         tracing::info!(review = %review.id, session = requester.session_id, policy = %review.policy, "held a statement for review");
         Ok(review)
+    }
+
+    /// Keeps a new review: its `review.created` audit record (with `details`), then the row.
+    pub(crate) async fn create(
+        &self,
+        review: &ReviewRow,
+        mut details: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        details["review"] = review.id.clone().into();
+        details["kind"] = review.kind.clone().into();
+        details["connection"] = review.connection.clone().into();
+        self.audit("review.created", Some(&review.requester), details)
+            .await?;
+        self.store.insert_review(review).await
     }
 
     /// Waits until `review` is decided or expires. An approval is consumed here
