@@ -10,28 +10,13 @@
 #   IDLE=1000 bench/idle.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 
 IDLE=${IDLE:-5000}
-log() { printf '%s\n' "$*" >&2; }
 command -v pgbouncer >/dev/null || { log "pgbouncer is missing (apt-get install pgbouncer)"; exit 1; }
 ulimit -n "$(ulimit -Hn)"
 
-log "building gatehouse (release)"
-cargo build --release -q -p gatehouse
-GATEHOUSE=${CARGO_TARGET_DIR:-target}/release/gatehouse
-
-PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
-WORK=$(mktemp -d /tmp/gatehouse-idle.XXXXXX)
-chmod 755 "$WORK"
-as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_setup idle
 PW=idle-$RANDOM$RANDOM
 PG_PORT=$(free_port); BOUNCER_PORT=$(free_port); GH_PORT=$(free_port); API_PORT=$(free_port)
 echo -n "$PW" > "$WORK/pwfile"

@@ -17,6 +17,7 @@
 # masking: the cost of the features is the difference between the two.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
@@ -27,7 +28,6 @@ CLIENTS=${CLIENTS:-"8 1"}
 TARGETS=${TARGETS:-"direct pgbouncer gatehouse bare"}
 AUDIT_DURABILITY=${AUDIT_DURABILITY:-strict}   # the audit log's [audit] durability, both gateways
 
-log() { printf '%s\n' "$*" >&2; }
 
 if ! command -v pgbouncer >/dev/null 2>&1 && [[ " $TARGETS " == *" pgbouncer "* ]]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
@@ -39,23 +39,7 @@ if ! command -v pgbouncer >/dev/null 2>&1 && [[ " $TARGETS " == *" pgbouncer "* 
   fi
 fi
 
-log "building gatehouse (release)"
-cargo build --release -q -p gatehouse
-GATEHOUSE=${CARGO_TARGET_DIR:-target}/release/gatehouse
-
-PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
-WORK=$(mktemp -d /tmp/gatehouse-bench.XXXXXX)
-chmod 755 "$WORK"
-as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_setup bench
 
 PW=bench-$RANDOM$RANDOM
 PG_PORT=$(free_port); BOUNCER_PORT=$(free_port); GH_PORT=$(free_port); API_PORT=$(free_port)
