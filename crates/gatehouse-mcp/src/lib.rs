@@ -29,6 +29,8 @@ pub struct McpState {
     pub reviews: Arc<Reviews>,
     pub auth: Authenticator,
     pub runners: Arc<HashMap<ConnectionKind, Arc<dyn CommandRunner>>>,
+    /// Tool calls that run no statement are kept here.
+    pub audit: gatehouse_audit::AuditLog,
 }
 
 impl McpState {

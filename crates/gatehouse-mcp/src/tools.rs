@@ -106,8 +106,15 @@ impl GatehouseTools {
     async fn list_connections(
         &self,
         Extension(parts): Extension<http::request::Parts>,
+        context: RequestContext<RoleServer>,
     ) -> ToolResult {
         let (identity, client) = caller(&parts)?;
+        self.record_call(
+            "list_connections",
+            &identity,
+            &context,
+            serde_json::json!({}),
+        );
         let connections: Vec<Value> = self
             .state
             .config
@@ -132,9 +139,16 @@ impl GatehouseTools {
     async fn describe(
         &self,
         Extension(parts): Extension<http::request::Parts>,
+        context: RequestContext<RoleServer>,
         Parameters(args): Parameters<ConnectionArgs>,
     ) -> ToolResult {
         let (identity, client) = caller(&parts)?;
+        self.record_call(
+            "describe",
+            &identity,
+            &context,
+            serde_json::json!({ "connection": args.connection }),
+        );
         let Some(connection) = self.connection_for(&identity, client, &args.connection) else {
             return refused(
                 "denied",
@@ -301,9 +315,11 @@ impl GatehouseTools {
     async fn request_access(
         &self,
         Extension(parts): Extension<http::request::Parts>,
+        context: RequestContext<RoleServer>,
         Parameters(args): Parameters<AccessArgs>,
     ) -> ToolResult {
         let (identity, client) = caller(&parts)?;
+        self.record_call("request_access", &identity, &context, serde_json::json!({ "connection": args.connection, "grant": args.grant, "duration": args.duration, "reason": args.reason }));
         let Some(connection) = self.state.config.connection(&args.connection) else {
             return refused(
                 "error",
@@ -356,9 +372,16 @@ impl GatehouseTools {
     async fn review_status(
         &self,
         Extension(parts): Extension<http::request::Parts>,
+        context: RequestContext<RoleServer>,
         Parameters(args): Parameters<ReviewArgs>,
     ) -> ToolResult {
         let (identity, _) = caller(&parts)?;
+        self.record_call(
+            "review_status",
+            &identity,
+            &context,
+            serde_json::json!({ "review_id": args.review_id }),
+        );
         let _ = self.state.reviews.expire_overdue().await;
         let review = match self.state.pipeline_store_review(&args.review_id).await {
             Ok(Some(r)) if Reviews::may_see(&r, &identity) => r,
@@ -404,6 +427,28 @@ impl ServerHandler for GatehouseTools {
 }
 
 impl GatehouseTools {
+    /// Keeps a tool call that runs no statement (statements are recorded by the pipeline) in
+    /// the audit log, with the client and the arguments.
+    fn record_call(
+        &self,
+        tool: &str,
+        identity: &Identity,
+        context: &RequestContext<RoleServer>,
+        arguments: Value,
+    ) {
+        let client = context
+            .peer
+            .peer_info()
+            .map(|i| format!("{}/{}", i.client_info.name, i.client_info.version));
+        self.state
+            .audit
+            .append_detached(gatehouse_audit::Event::new(
+                "mcp.tool_call",
+                Some(&identity.principal()),
+                json!({ "tool": tool, "client": client, "arguments": arguments }),
+            ));
+    }
+
     /// The connection, if `identity` may connect to it.
     fn connection_for(
         &self,

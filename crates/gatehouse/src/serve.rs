@@ -178,7 +178,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }),
     );
     let runners = Arc::new(runners);
-    let extra = mcp_routes(&config, &pipeline, &reviews, &auth, &runners);
+    let extra = mcp_routes(&config, &pipeline, &reviews, &auth, &runners, &audit);
     let api = tokio::spawn(gatehouse_api::serve(
         api_listener,
         ApiState {
@@ -218,6 +218,7 @@ fn mcp_routes(
     reviews: &Arc<Reviews>,
     auth: &Authenticator,
     runners: &Runners,
+    audit: &gatehouse_audit::AuditLog,
 ) -> axum::Router {
     gatehouse_mcp::router(gatehouse_mcp::McpState {
         config: config.clone(),
@@ -225,6 +226,7 @@ fn mcp_routes(
         reviews: reviews.clone(),
         auth: auth.clone(),
         runners: runners.clone(),
+        audit: audit.clone(),
     })
 }
 
@@ -235,6 +237,7 @@ fn mcp_routes(
     _: &Arc<Reviews>,
     _: &Authenticator,
     _: &Runners,
+    _: &gatehouse_audit::AuditLog,
 ) -> axum::Router {
     axum::Router::new()
 }

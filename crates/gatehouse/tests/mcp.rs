@@ -207,4 +207,28 @@ fn the_python_mcp_sdk_uses_every_tool_through_the_pipeline() {
         })
         .count();
     assert!(mcp_sessions >= 4, "{sessions}");
+
+    // Tool calls that run no statement are in the audit log, with their arguments.
+    let data = gw.dir.path().join("data");
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["audit", "export", "--data-dir", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let exported = String::from_utf8_lossy(&out.stdout).to_string();
+    let calls: Vec<Value> = exported
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["kind"] == "mcp.tool_call")
+        .collect();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c["data"]["tool"] == "describe"
+                && c["data"]["arguments"]["connection"] == "appdb"),
+        "{calls:?}"
+    );
+    assert!(
+        calls.iter().all(|c| c["actor"] == "gatehouse/mcp-agent"),
+        "{calls:?}"
+    );
 }
