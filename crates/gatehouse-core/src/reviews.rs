@@ -335,7 +335,25 @@ impl Reviews {
             reason,
             at: now_micros(),
         };
-        match self.store.vote_on_review(&vote).await {
+        // The `review.voted` record above is written before the vote counts; what became of
+        // it follows, so the log never shows a vote that did not count as one that did.
+        let outcome = self.store.vote_on_review(&vote).await;
+        let (state, refused) = match &outcome {
+            Ok(Some(state)) => (state.as_str(), None),
+            Ok(None) => ("not counted", Some("the review was already decided")),
+            Err(StoreError::Database(sqlx::Error::Database(e))) if e.is_unique_violation() => {
+                ("not counted", Some("a second vote by the same approver"))
+            }
+            Err(_) => ("not counted", Some("the store failed")),
+        };
+        if let Some(log) = &self.audit {
+            log.append_detached(gatehouse_audit::Event::new(
+                "review.vote_result",
+                Some(&principal),
+                serde_json::json!({ "review": id, "state": state, "refused": refused }),
+            ));
+        }
+        match outcome {
             Ok(Some(ReviewState::Approved)) if review.kind == "grant" => {
                 self.apply_grant(&review).await?;
             }

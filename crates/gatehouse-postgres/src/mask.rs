@@ -204,7 +204,6 @@ impl PgMasking {
     ) -> Result<Option<BytesMut>, MaskError> {
         let mut r = Reader::new(&frame[5..], "DataRow");
         let n = r.i16()?.max(0) as usize;
-        let mut out: Option<BytesMut> = None;
         let mut values: Vec<Option<&[u8]>> = Vec::with_capacity(n);
         for _ in 0..n {
             let len = r.i32()?;
@@ -236,7 +235,8 @@ impl PgMasking {
         if replaced.is_empty() {
             return Ok(None);
         }
-        let buf = out.get_or_insert_with(|| BytesMut::with_capacity(frame.len()));
+        let mut out = BytesMut::with_capacity(frame.len());
+        let buf = &mut out;
         buf.put_u8(b'D');
         let at = buf.len();
         buf.put_i32(0);
@@ -256,7 +256,7 @@ impl PgMasking {
         }
         let len = (buf.len() - at) as i32;
         buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
-        Ok(out)
+        Ok(Some(out))
     }
 
     fn mask_value(
