@@ -1,9 +1,11 @@
 //! Gatehouse's REST API: JSON under `/api/v1`, authenticated with a bearer token.
 //!
 //! Every error is `{"error": {"code": "...", "message": "..."}}` with a message that says what
-//! to do. Administration (tokens, sessions) needs the `admin` group.
+//! to do. Administration (tokens) needs the `admin` group; audit data (sessions, the audit log)
+//! needs `admin` or `auditor`.
 
 mod access;
+mod audit;
 mod error;
 mod exec;
 mod reviews;

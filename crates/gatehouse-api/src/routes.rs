@@ -5,7 +5,7 @@ use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
-use gatehouse_core::identity::{ADMIN_GROUP, Identity};
+use gatehouse_core::identity::{ADMIN_GROUP, AUDITOR_GROUP, Identity};
 use gatehouse_core::time::now_micros;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -25,6 +25,7 @@ pub fn router() -> Router<ApiState> {
         .merge(crate::reviews::routes())
         .merge(crate::exec::routes())
         .merge(crate::access::routes())
+        .merge(crate::audit::routes())
         .fallback(|| async {
             ApiError::not_found("no such API endpoint; the API lives under /api/v1")
         })
@@ -40,6 +41,18 @@ impl Caller {
         } else {
             Err(ApiError::forbidden(format!(
                 "this needs membership of group \"{ADMIN_GROUP}\"; {} is not a member",
+                self.0.principal()
+            )))
+        }
+    }
+
+    /// Audit data (sessions, statements, the audit log) is for administrators and auditors.
+    pub(crate) fn require_auditor(&self) -> Result<(), ApiError> {
+        if self.0.in_group(ADMIN_GROUP) || self.0.in_group(AUDITOR_GROUP) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "audit data needs membership of group \"{ADMIN_GROUP}\" or \"{AUDITOR_GROUP}\"; {} is a member of neither",
                 self.0.principal()
             )))
         }
@@ -241,7 +254,7 @@ async fn list_sessions(
     State(state): State<ApiState>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require_admin()?;
+    caller.require_auditor()?;
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
     let sessions = state
         .store
@@ -256,7 +269,7 @@ async fn show_session(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require_admin()?;
+    caller.require_auditor()?;
     let session = state
         .store
         .get_session(&id)

@@ -6,10 +6,12 @@
 //!
 //! - [`record`]: the canonical encoding and the hash chain;
 //! - [`log`]: the writer (group commit, fsync, recovery of a torn tail);
-//! - [`verify`]: the verifier, which works offline on a copy of the file.
+//! - [`verify`]: the verifier, which works offline on a copy of the file;
+//! - [`replay`]: one session's records as a timeline.
 
 pub mod log;
 pub mod record;
+pub mod replay;
 pub mod verify;
 
 pub use log::{AuditLog, Durability, Pending};

@@ -22,7 +22,7 @@ pub struct ExportedCheckpoint {
 }
 
 /// The result of a verification.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Verification {
     pub records: u64,
     pub checkpoints: u64,
@@ -32,7 +32,7 @@ pub struct Verification {
     pub problem: Option<Problem>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Problem {
     pub line: u64,
     pub message: String,

@@ -45,6 +45,10 @@ pub struct AuditConfig {
     pub durability: gatehouse_audit::Durability,
     /// A signed checkpoint every this many records (and whenever the log goes quiet).
     pub checkpoint_every: u64,
+    /// How many rows of each result the `statement.outcome` record keeps, as the client saw
+    /// them after masking (0: none). Kept only for sessions that masking applies to: results
+    /// nobody masks are not copied into the long-lived log.
+    pub result_excerpt_rows: usize,
 }
 
 /// `[masking]`.
@@ -435,6 +439,7 @@ struct RawConfig {
 struct RawAudit {
     durability: Option<String>,
     checkpoint_every: Option<u64>,
+    result_excerpt_rows: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -848,6 +853,13 @@ impl RawConfig {
                 "must be from 1 to 1000000".into(),
             );
         }
+        let result_excerpt_rows = self.audit.result_excerpt_rows.unwrap_or(3);
+        if result_excerpt_rows > 100 {
+            problem(
+                "audit.result_excerpt_rows".into(),
+                "must be from 0 to 100 (the log keeps an excerpt, not the result)".into(),
+            );
+        }
         let mut masking = MaskingConfig::default();
         masking.key = match self.masking.key.map(|k| k.parse::<SecretRef>()) {
             None => None,
@@ -1014,6 +1026,7 @@ impl RawConfig {
             audit: AuditConfig {
                 durability,
                 checkpoint_every,
+                result_excerpt_rows,
             },
             reviews: ReviewsConfig {
                 timeout: self.reviews.timeout.unwrap_or(Duration::from_secs(300)),

@@ -54,6 +54,31 @@ pub struct ExecResult {
     pub masked: Vec<(String, u64)>,
 }
 
+impl ExecResult {
+    /// The first `max_rows` rows of the first result with rows, for the audit log.
+    pub fn excerpt(&self, max_rows: usize) -> Option<crate::pipeline::ResultExcerpt> {
+        if max_rows == 0 {
+            return None;
+        }
+        let first = self.results.iter().position(|r| !r.columns.is_empty())?;
+        let set = &self.results[first];
+        let mut excerpt = crate::pipeline::ResultExcerpt {
+            columns: set.columns.clone(),
+            ..Default::default()
+        };
+        for row in set.rows.iter().take(max_rows) {
+            let kept = row
+                .iter()
+                .map(|v| v.as_deref().map(|v| excerpt.keep(v)))
+                .collect();
+            excerpt.rows.push(kept);
+        }
+        let later: i64 = self.results[first + 1..].iter().map(|r| r.row_count).sum();
+        excerpt.rows_left_out = (set.row_count - excerpt.rows.len() as i64 + later).max(0) as u64;
+        Some(excerpt)
+    }
+}
+
 /// One statement's result set, with values as text.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StatementResult {
@@ -194,6 +219,7 @@ impl Pipeline {
                     rows: None,
                     code: Some("42501".into()),
                     masked: Vec::new(),
+                    excerpt: None,
                 };
                 session
                     .complete(inflight, done)
@@ -218,6 +244,13 @@ impl Pipeline {
                     pending.wait().await.map_err(|_| ExecError::Recording)?;
                 }
                 let masking = self.masking_for(request.identity, &connection.name);
+                // Results are copied into the audit log only once masked (see
+                // `AuditConfig::result_excerpt_rows`).
+                let excerpt_rows = if masking.is_some() {
+                    self.config().audit.result_excerpt_rows
+                } else {
+                    0
+                };
                 let result = runner.run(connection, &text, max_rows, masking).await;
                 let done = match &result {
                     Ok(r) => Completion {
@@ -225,12 +258,14 @@ impl Pipeline {
                         rows: Some(r.results.iter().map(|s| s.row_count).sum()),
                         code: None,
                         masked: r.masked.clone(),
+                        excerpt: r.excerpt(excerpt_rows),
                     },
                     Err(e) => Completion {
                         outcome: Outcome::Error,
                         rows: None,
                         code: e.code.clone(),
                         masked: Vec::new(),
+                        excerpt: None,
                     },
                 };
                 session

@@ -281,15 +281,7 @@ impl Reviews {
         )
         .await?;
         self.store().insert_grant(&grant).await?;
-        self.store()
-            .transition_review(
-                &review.id,
-                ReviewState::Approved,
-                ReviewState::Executed,
-                None,
-                now,
-            )
-            .await?;
+        self.mark_executed(review, now).await?;
         tracing::info!(grant = %grant.id, name = %grant.name, holder = %review.requester, "grant in force");
         self.grant_book().add(grant);
         Ok(())

@@ -50,6 +50,10 @@ pub const GATEHOUSE_ISSUER: &str = "gatehouse";
 /// The group whose members administer the gateway.
 pub const ADMIN_GROUP: &str = "admin";
 
+/// The group whose members may read audit data (sessions, statements, the audit log, replays)
+/// without administering anything.
+pub const AUDITOR_GROUP: &str = "auditor";
+
 impl Identity {
     /// `true` when the identity is a member of `group`.
     pub fn in_group(&self, group: &str) -> bool {

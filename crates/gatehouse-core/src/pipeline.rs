@@ -147,6 +147,41 @@ pub struct Completion {
     /// How many values each masking rule masked in the result (rules that masked none are
     /// left out).
     pub masked: Vec<(String, u64)>,
+    /// The first rows of the result as the client saw them, for the audit log.
+    pub excerpt: Option<ResultExcerpt>,
+}
+
+/// The first rows of a result, after masking, as the audit log keeps them: bounded, with
+/// counts of what was left out, so a replay shows what came back without the log holding
+/// the result.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ResultExcerpt {
+    pub columns: Vec<String>,
+    /// Values as text; binary values are described, not shown; long values are cut.
+    pub rows: Vec<Vec<Option<String>>>,
+    /// Rows of the result (and of any later results of the same command) not in `rows`.
+    pub rows_left_out: u64,
+    /// Values cut to [`ResultExcerpt::MAX_VALUE_BYTES`].
+    pub values_cut: u64,
+}
+
+impl ResultExcerpt {
+    /// The longest value kept whole.
+    pub const MAX_VALUE_BYTES: usize = 64;
+
+    /// `value` as kept: cut at a character boundary (counted in `values_cut`) when longer than
+    /// [`ResultExcerpt::MAX_VALUE_BYTES`].
+    pub fn keep(&mut self, value: &str) -> String {
+        if value.len() <= Self::MAX_VALUE_BYTES {
+            return value.to_string();
+        }
+        self.values_cut += 1;
+        let mut cut = Self::MAX_VALUE_BYTES;
+        while !value.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{}…", &value[..cut])
+    }
 }
 
 /// Shared state of a running gateway: config, identity, policy and recording.
@@ -436,6 +471,7 @@ impl SessionHandle {
                     "sqlstate": done.code,
                     "duration_us": command.started.elapsed().as_micros() as u64,
                     "masked": done.masked.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+                    "excerpt": done.excerpt,
                 }),
             ));
         }
@@ -461,7 +497,7 @@ impl SessionHandle {
     /// run now and are marked abandoned.
     pub async fn close(&self, reason: &str) {
         self.reviews
-            .abandon_session(&self.id, "the session ended before the statement ran")
+            .abandon_held(Some(&self.id), "the session ended before the statement ran")
             .await;
         if let Some(audit) = &self.audit
             && let Err(e) = audit

@@ -232,17 +232,7 @@ impl Reviews {
             let now = now_micros();
             match current.state {
                 ReviewState::Approved => {
-                    return match self
-                        .store
-                        .transition_review(
-                            &review.id,
-                            ReviewState::Approved,
-                            ReviewState::Executed,
-                            None,
-                            now,
-                        )
-                        .await
-                    {
+                    return match self.mark_executed(&current, now).await {
                         Ok(true) => ReviewOutcome::Approved,
                         Ok(false) => {
                             ReviewOutcome::Unavailable("the approval was already used".into())
@@ -274,7 +264,14 @@ impl Reviews {
                         )
                         .await
                     {
-                        Ok(true) => return ReviewOutcome::TimedOut,
+                        Ok(true) => {
+                            self.audit_settled(
+                                "review.expired",
+                                &review.id,
+                                "no decision before the timeout",
+                            );
+                            return ReviewOutcome::TimedOut;
+                        }
                         Ok(false) => continue, // decided at the last moment: read again
                         Err(e) => return ReviewOutcome::Unavailable(e.to_string()),
                     }
@@ -412,17 +409,7 @@ impl Reviews {
                 state: review.state.as_str(),
             });
         }
-        let taken = self
-            .store
-            .transition_review(
-                id,
-                ReviewState::Approved,
-                ReviewState::Executed,
-                None,
-                now_micros(),
-            )
-            .await?;
-        if !taken {
+        if !self.mark_executed(&review, now_micros()).await? {
             return Err(TakeError::NotApproved {
                 id: id.to_string(),
                 state: "executed",
@@ -438,21 +425,72 @@ impl Reviews {
 
     /// Expires reviews past their deadline, so nobody decides or runs them late.
     pub async fn expire_overdue(&self) -> Result<(), StoreError> {
-        self.store
-            .expire_overdue_reviews(now_micros())
-            .await
-            .map(|_| ())
+        let expired = self.store.expire_overdue_reviews(now_micros()).await?;
+        for id in expired {
+            self.audit_settled("review.expired", &id, "no decision before the timeout");
+        }
+        Ok(())
     }
 
-    /// A session ended: its held reviews can never run.
-    pub async fn abandon_session(&self, session_id: &str, reason: &str) {
-        if let Err(e) = self
+    /// Held statements can never run any more: of one session when it ends, or of every
+    /// session (`None`) when the gateway starts. Marks their reviews abandoned.
+    pub async fn abandon_held(&self, session_id: Option<&str>, reason: &str) -> usize {
+        match self
             .store
-            .abandon_held_reviews(Some(session_id), reason, now_micros())
+            .abandon_held_reviews(session_id, reason, now_micros())
             .await
         {
-            tracing::error!(session = session_id, error = %e, "cannot mark held reviews abandoned");
+            Ok(ids) => {
+                for id in &ids {
+                    self.audit_settled("review.abandoned", id, reason);
+                }
+                ids.len()
+            }
+            Err(e) => {
+                tracing::error!(session = session_id, error = %e, "cannot mark held reviews abandoned");
+                0
+            }
         }
+    }
+
+    /// Records that a review ended without running (expired, abandoned). The change has
+    /// already happened and only ever takes a right away, so it is not held up by the log.
+    fn audit_settled(&self, kind: &str, id: &str, reason: &str) {
+        if let Some(log) = &self.audit {
+            log.append_detached(gatehouse_audit::Event::new(
+                kind,
+                None,
+                serde_json::json!({ "review": id, "reason": reason }),
+            ));
+        }
+    }
+
+    /// Moves an approved review to `executed` (its approval is used up) and records it; the
+    /// command runs only if both happened.
+    pub(crate) async fn mark_executed(
+        &self,
+        review: &ReviewRow,
+        now: crate::time::Micros,
+    ) -> Result<bool, StoreError> {
+        let taken = self
+            .store
+            .transition_review(
+                &review.id,
+                ReviewState::Approved,
+                ReviewState::Executed,
+                None,
+                now,
+            )
+            .await?;
+        if taken {
+            self.audit(
+                "review.executed",
+                Some(&review.requester),
+                serde_json::json!({ "review": review.id, "session": review.session_id, "kind": review.kind }),
+            )
+            .await?;
+        }
+        Ok(taken)
     }
 
     /// Whether `who` may see review `r`: its requester, its approvers, and administrators.

@@ -8,6 +8,7 @@
 //! - [`upstream`]: the gateway as a client of the real server; [`cancel`]: cancel-key mapping.
 
 pub mod cancel;
+mod excerpt;
 pub mod framer;
 pub mod mask;
 pub mod oneshot;

@@ -424,6 +424,7 @@ async fn start_session(
         max_message_bytes: ctx.pipeline.config().server.max_message_bytes,
         credential_recheck: ctx.pipeline.config().server.credential_recheck_interval,
         idle_in_transaction: ctx.pipeline.config().server.idle_in_transaction_timeout,
+        result_excerpt_rows: ctx.pipeline.config().audit.result_excerpt_rows,
     };
     let cancel_target = upstream.cancel.clone();
     let end = relay::relay(

@@ -18,11 +18,9 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
         AuditCommand::Verify {
             target,
             from_checkpoint,
+            url,
             format,
         } => {
-            let dir = audit_dir(&target)?;
-            let public = std::fs::read_to_string(dir.join(gatehouse_audit::PUBLIC_KEY_FILE))
-                .with_context(|| format!("no audit log in {} (no signing.pub)", dir.display()))?;
             let anchor: Option<ExportedCheckpoint> = match from_checkpoint {
                 None => None,
                 Some(path) => Some(
@@ -32,9 +30,20 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                     .context("the checkpoint file is not an exported checkpoint")?,
                 ),
             };
-            let log = dir.join(gatehouse_audit::LOG_FILE);
-            let v = gatehouse_audit::verify_file(&log, &public, anchor.as_ref())
-                .with_context(|| format!("cannot read {}", log.display()))?;
+            let v = match url {
+                Some(url) => remote_verify(url, format, anchor.as_ref())?,
+                None => {
+                    let dir = audit_dir(&target)?;
+                    let public =
+                        std::fs::read_to_string(dir.join(gatehouse_audit::PUBLIC_KEY_FILE))
+                            .with_context(|| {
+                                format!("no audit log in {} (no signing.pub)", dir.display())
+                            })?;
+                    let log = dir.join(gatehouse_audit::LOG_FILE);
+                    gatehouse_audit::verify_file(&log, &public, anchor.as_ref())
+                        .with_context(|| format!("cannot read {}", log.display()))?
+                }
+            };
             if format == Format::Json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -85,6 +94,26 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+/// Asks the gateway to verify its own log. Useful from an auditor's machine; a checkpoint
+/// kept off the gateway host is what catches a rewritten log there.
+fn remote_verify(
+    url: String,
+    format: Format,
+    anchor: Option<&ExportedCheckpoint>,
+) -> anyhow::Result<gatehouse_audit::Verification> {
+    let api = crate::cli::ApiArgs {
+        url,
+        token: std::env::var("GATEHOUSE_TOKEN").ok(),
+        format,
+    };
+    let client = crate::client::ApiClient::new(&api)?;
+    let v = match anchor {
+        None => client.get("/api/v1/audit/verify")?,
+        Some(a) => client.post("/api/v1/audit/verify", &serde_json::to_value(a)?)?,
+    };
+    serde_json::from_value(v).context("the gateway's answer is not a verification")
 }
 
 fn audit_dir(target: &AuditTarget) -> anyhow::Result<PathBuf> {

@@ -181,6 +181,17 @@ pub enum SessionsCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// A session from the audit log as a timeline: statements, decisions, reviews, results
+    /// (masked excerpts), errors, with time offsets. Needs the admin or auditor group.
+    Replay {
+        id: String,
+        /// Read the audit log in this data directory instead of asking the gateway (works
+        /// with the gateway stopped, or on a copy of its data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -276,6 +287,10 @@ pub enum AuditCommand {
         /// and rewriting after the last checkpoint in the file.
         #[arg(long)]
         from_checkpoint: Option<PathBuf>,
+        /// Ask the gateway at this API address to verify its log (token from GATEHOUSE_TOKEN
+        /// or `gatehouse login`; needs the admin or auditor group) instead of reading it here.
+        #[arg(long)]
+        url: Option<String>,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },

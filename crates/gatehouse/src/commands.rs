@@ -348,6 +348,30 @@ fn sessions(cmd: SessionsCommand) -> anyhow::Result<ExitCode> {
                 )
             );
         }
+        SessionsCommand::Replay { id, data_dir, api } => {
+            let timeline = match data_dir {
+                Some(dir) => {
+                    let log = dir
+                        .join(crate::audit::AUDIT_DIR)
+                        .join(gatehouse_audit::LOG_FILE);
+                    let t = gatehouse_audit::replay::session_timeline(&log, &id)
+                        .with_context(|| format!("cannot replay from {}", log.display()))?
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "the audit log in {} has no records of session \"{id}\"",
+                                dir.display()
+                            )
+                        })?;
+                    serde_json::to_value(t)?
+                }
+                None => ApiClient::new(&api)?
+                    .get(&format!("/api/v1/sessions/{}/replay", segment(&id)))?,
+            };
+            if api.format == Format::Json {
+                return print_json(&timeline).map(|_| ExitCode::SUCCESS);
+            }
+            print!("{}", crate::replay::render(&timeline));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,7 @@ mod commands;
 mod exec;
 mod login;
 mod policy;
+mod replay;
 mod reviews;
 mod serve;
 mod table;

@@ -69,21 +69,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
 
     let (recorder, _writer) = Recorder::start(store.clone());
-    // Held client connections do not survive a restart, so neither do their reviews.
-    let abandoned = store
-        .abandon_held_reviews(
-            None,
-            "the gateway restarted",
-            gatehouse_core::time::now_micros(),
-        )
-        .await
-        .context("cannot clean up reviews")?;
-    if abandoned > 0 {
-        tracing::info!(
-            abandoned,
-            "reviews of statements held before the restart are abandoned"
-        );
-    }
     let audit = gatehouse_audit::AuditLog::open(
         &data_dir.join(crate::audit::AUDIT_DIR),
         config.audit.durability,
@@ -114,6 +99,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         grants,
         Some(audit.clone()),
     ));
+    // Held client connections do not survive a restart, so neither do their reviews.
+    let abandoned = reviews.abandon_held(None, "the gateway restarted").await;
+    if abandoned > 0 {
+        tracing::info!(
+            abandoned,
+            "reviews of statements held before the restart are abandoned"
+        );
+    }
     let masking = Arc::new(gatehouse_core::masking::Masking::new(
         &config.masking,
         masking_key(&config)?,

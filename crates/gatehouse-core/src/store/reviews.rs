@@ -282,8 +282,8 @@ impl Store {
 
     /// Marks reviews whose deadline passed without a decision (or, for one-shot reviews,
     /// approved but not run in time) as expired. Held statements expire through their waiting
-    /// session too; this catches the rest. Returns how many expired.
-    pub async fn expire_overdue_reviews(&self, now: Micros) -> Result<u64, StoreError> {
+    /// session too; this catches the rest. Returns the ids of those expired.
+    pub async fn expire_overdue_reviews(&self, now: Micros) -> Result<Vec<String>, StoreError> {
         // A read first: most calls find nothing, and a read takes no write lock.
         let due: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM reviews WHERE expires_at <= $1
@@ -293,40 +293,40 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         if due == 0 {
-            return Ok(0);
+            return Ok(Vec::new());
         }
-        let done = sqlx::query(
+        Ok(sqlx::query_scalar(
             "UPDATE reviews SET state = 'expired', decided_at = COALESCE(decided_at, $1),
                     reason = COALESCE(reason, 'no decision before the timeout')
              WHERE expires_at <= $1
-               AND (state = 'pending' OR (kind = 'exec' AND state = 'approved'))",
+               AND (state = 'pending' OR (kind = 'exec' AND state = 'approved'))
+             RETURNING id",
         )
         .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Marks every pending or approved-but-unused review of held statements as abandoned:
     /// of one session when it ends, or of all sessions when the gateway starts (held client
-    /// connections do not survive a restart). Returns how many were abandoned.
+    /// connections do not survive a restart). Returns the ids of those abandoned.
     pub async fn abandon_held_reviews(
         &self,
         session_id: Option<&str>,
         reason: &str,
         at: Micros,
-    ) -> Result<u64, StoreError> {
-        let done = sqlx::query(
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
             "UPDATE reviews SET state = 'abandoned', decided_at = $1, reason = $2
              WHERE kind = 'statement' AND state IN ('pending', 'approved')
-               AND ($3 IS NULL OR session_id = $3)",
+               AND ($3 IS NULL OR session_id = $3)
+             RETURNING id",
         )
         .bind(at)
         .bind(reason)
         .bind(session_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        .fetch_all(&self.pool)
+        .await?)
     }
 }
 

@@ -97,6 +97,8 @@ pub struct RelayLimits {
     /// How long a client may leave a transaction open without sending anything; `None` for
     /// no limit.
     pub idle_in_transaction: Option<std::time::Duration>,
+    /// Rows of each result kept for the audit log (sessions with masking only; 0: none).
+    pub result_excerpt_rows: usize,
 }
 
 /// How a relay ended.
@@ -168,6 +170,9 @@ where
         policy: ServerPolicy {
             whole_rows: masking.is_some(),
         },
+        excerpt: masking
+            .as_ref()
+            .and_then(|_| crate::excerpt::ExcerptBuilder::new(limits.result_excerpt_rows)),
         masking,
     };
     let checker = downstream.session.clone();

@@ -57,6 +57,9 @@ pub(super) struct ServerToClient<R, W> {
     pub(super) plan: Option<Vec<crate::mask::ColumnPlan>>,
     /// Values masked per rule since the last command completed.
     pub(super) masked_counts: Vec<u64>,
+    /// The first rows of the current command's result, for its audit record (sessions with
+    /// masking only).
+    pub(super) excerpt: Option<crate::excerpt::ExcerptBuilder>,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
@@ -171,6 +174,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
         let replaced = match frame[0] {
             b'T' => {
                 self.plan = Some(masking.plan(&frame[5..])?);
+                if let Some(excerpt) = &mut self.excerpt {
+                    excerpt.describe(&frame[5..])?;
+                }
                 if injected {
                     self.queue.pop_front();
                     return Ok(None);
@@ -187,7 +193,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
                 if self.plan.is_none() && masking.has_column_rules() {
                     return Err(crate::mask::MaskError::NoPlan);
                 }
-                masking.data_row(&frame, self.plan.as_deref(), &mut self.masked_counts)?
+                let masked =
+                    masking.data_row(&frame, self.plan.as_deref(), &mut self.masked_counts)?;
+                if let Some(excerpt) = &mut self.excerpt {
+                    excerpt.row(masked.as_deref().unwrap_or(&frame))?;
+                }
+                masked
             }
             b'd' => masking.copy_data(&frame, &mut self.masked_counts)?,
             b'H' => {
@@ -349,6 +360,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
             rows,
             code,
             masked,
+            excerpt: self.excerpt.as_mut().and_then(|e| e.take()),
         };
         if self.session.complete(cmd, done).await.is_err() {
             let mut bytes = BytesMut::new();

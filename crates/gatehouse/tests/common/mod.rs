@@ -442,8 +442,18 @@ password = "env:GH_TEST_WRONG_PASSWORD"
 
     /// Stops the gateway at once (SIGKILL) and starts it again on the same config and data.
     pub fn restart(&mut self) {
+        self.kill();
+        self.start_again();
+    }
+
+    /// Kills the gateway with SIGKILL, as a crash would, and waits until it is gone.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Starts the gateway again on the same config and data after [`Gateway::kill`].
+    pub fn start_again(&mut self) {
         let _ = std::fs::remove_file(self.dir.path().join("data/listen.json"));
         self.child = spawn_gateway(self.dir.path());
         self.wait_ready();
