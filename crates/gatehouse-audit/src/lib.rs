@@ -4,7 +4,7 @@
 //! kept in the data directory, so that rewriting the chain from some point on (recomputing
 //! every hash) is caught by the signature over an earlier state.
 //!
-//! - [`record`]: the canonical encoding and the hash chain;
+//! - [`record`]: the line encoding (the hash covers the bytes as written) and the chain;
 //! - [`log`]: the writer (group commit, fsync, recovery of a torn tail);
 //! - [`verify`]: the verifier, which works offline on a copy of the file;
 //! - [`replay`]: one session's records as a timeline.

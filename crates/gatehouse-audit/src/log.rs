@@ -11,7 +11,7 @@ use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use crate::record::{Event, GENESIS, Record};
+use crate::record::{Event, GENESIS, Record, encode_line};
 use crate::{KEY_FILE, LOG_FILE, PUBLIC_KEY_FILE};
 
 /// When a caller's record counts as kept.
@@ -106,6 +106,7 @@ impl AuditLog {
                 Durability::Strict => Duration::ZERO,
                 Durability::Batched => BATCHED_WINDOW,
             },
+            buf: Vec::new(),
         };
         if torn > 0 {
             tracing::warn!(
@@ -172,6 +173,8 @@ struct Writer {
     /// wait, and the next batch forms while this one syncs), a few milliseconds for batched
     /// (nobody waits, so fewer, larger syncs).
     window: Duration,
+    /// The encoded batch, reused.
+    buf: Vec<u8>,
 }
 
 /// The collection window of batched durability, and so its loss window on a crash.
@@ -212,7 +215,8 @@ impl Writer {
 
     fn write_batch(&mut self, batch: Vec<Job>) {
         let now = now_micros();
-        let mut text = String::new();
+        let mut text = std::mem::take(&mut self.buf);
+        text.clear();
         let mut replies = Vec::new();
         let start = (
             self.tail.seq,
@@ -220,24 +224,22 @@ impl Writer {
             self.tail.since_checkpoint,
         );
         for job in batch {
-            let record = Record::chain(self.tail.seq + 1, now, job.event, &self.tail.hash);
-            self.tail.seq = record.seq;
-            self.tail.hash = record.hash.clone();
-            self.tail.since_checkpoint += 1;
-            text.push_str(&record.to_line());
-            text.push('\n');
+            self.append_to(&mut text, now, &job.event);
             if let Some(done) = job.done {
-                replies.push((done, record.seq));
+                replies.push((done, self.tail.seq));
             }
         }
         if self.tail.since_checkpoint >= self.checkpoint_every {
-            text.push_str(&self.checkpoint_record(now).to_line());
-            text.push('\n');
+            let checkpoint = self.checkpoint_event();
+            self.append_to(&mut text, now, &checkpoint);
+            self.tail.since_checkpoint = 0;
         }
         let written = self
             .file
-            .write_all(text.as_bytes())
+            .write_all(&text)
             .and_then(|_| self.file.sync_data());
+        // The buffer is kept for the next batch: no allocation per batch once warm.
+        self.buf = text;
         match written {
             Ok(()) => {
                 for (done, seq) in replies {
@@ -255,29 +257,47 @@ impl Writer {
         }
     }
 
+    /// Chains `event` onto the tail, encoding it into `out`.
+    fn append_to(&mut self, out: &mut Vec<u8>, now: i64, event: &Event) {
+        self.tail.seq += 1;
+        self.tail.hash = encode_line(self.tail.seq, now, event, &self.tail.hash, out);
+        self.tail.since_checkpoint += 1;
+    }
+
     fn checkpoint_if_due(&mut self, quiet: bool) {
         if self.tail.since_checkpoint > 0
             && (quiet || self.tail.since_checkpoint >= self.checkpoint_every)
         {
-            let line = format!("{}\n", self.checkpoint_record(now_micros()).to_line());
-            if let Err(e) = self
+            let start = (
+                self.tail.seq,
+                self.tail.hash.clone(),
+                self.tail.since_checkpoint,
+            );
+            let checkpoint = self.checkpoint_event();
+            let mut line = Vec::new();
+            self.append_to(&mut line, now_micros(), &checkpoint);
+            match self
                 .file
-                .write_all(line.as_bytes())
+                .write_all(&line)
                 .and_then(|_| self.file.sync_data())
             {
-                tracing::error!(error = %e, "cannot write an audit checkpoint");
+                Ok(()) => self.tail.since_checkpoint = 0,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot write an audit checkpoint");
+                    (self.tail.seq, self.tail.hash, self.tail.since_checkpoint) = start;
+                }
             }
         }
     }
 
     /// A record signing the chain up to the current tail.
-    fn checkpoint_record(&mut self, now: i64) -> Record {
+    fn checkpoint_event(&self) -> Event {
         let covers_seq = self.tail.seq;
-        let covers_hash = self.tail.hash.clone();
+        let covers_hash = &self.tail.hash;
         let signature = self
             .key
-            .sign(checkpoint_message(covers_seq, &covers_hash).as_bytes());
-        let event = Event::new(
+            .sign(checkpoint_message(covers_seq, covers_hash).as_bytes());
+        Event::new(
             "audit.checkpoint",
             None,
             json!({
@@ -286,12 +306,7 @@ impl Writer {
                 "signature": hex::encode(signature.as_ref()),
                 "public_key": hex::encode(self.key.public_key().as_ref()),
             }),
-        );
-        let record = Record::chain(self.tail.seq + 1, now, event, &self.tail.hash);
-        self.tail.seq = record.seq;
-        self.tail.hash = record.hash.clone();
-        self.tail.since_checkpoint = 0;
-        record
+        )
     }
 }
 
@@ -320,7 +335,7 @@ fn recover(file: &mut std::fs::File, path: &Path) -> Result<(Tail, u64), AuditEr
             .flatten();
         match parsed {
             Some(r) => {
-                tail.since_checkpoint = if r.event.kind == "audit.checkpoint" {
+                tail.since_checkpoint = if r.kind == "audit.checkpoint" {
                     0
                 } else {
                     tail.since_checkpoint + 1

@@ -1,6 +1,9 @@
 //! One record and the chain. A record is one line of JSON: serde_json escapes newlines, NULs,
-//! control characters and quotes, so no text inside a record can end it or forge another;
-//! object keys are sorted, so the encoding is canonical and the hash is reproducible.
+//! control characters and quotes, so no text inside a record can end it or forge another.
+//! Its hash is the SHA-256 of the line as written, up to the hash itself: the details are
+//! encoded once, by whoever records them (on their own thread), and the writer only frames
+//! and hashes the bytes; the verifier hashes the same bytes, so nothing depends on a
+//! re-encoding being identical.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -10,102 +13,140 @@ use sha2::{Digest, Sha256};
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Something that happened, before it is sequenced and chained.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     /// What happened, such as `token.created`, `review.voted`, `session.opened`.
-    pub kind: String,
+    pub kind: &'static str,
     /// Who did it (a principal), when anyone did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
-    /// The details; for statements, text is already size-capped by the caller.
-    pub data: Value,
+    /// The details, already encoded as a JSON object.
+    data: String,
 }
 
 impl Event {
-    pub fn new(kind: &str, actor: Option<&str>, data: Value) -> Event {
+    /// An event with details built as a JSON value.
+    pub fn new(kind: &'static str, actor: Option<&str>, data: Value) -> Event {
         Event {
-            kind: kind.to_string(),
+            kind,
             actor: actor.map(str::to_string),
-            data,
+            data: data.to_string(),
         }
+    }
+
+    /// An event with typed details, encoded once here: the cheap way for the hot path
+    /// (statements), which builds no intermediate JSON value.
+    pub fn typed<T: Serialize + ?Sized>(
+        kind: &'static str,
+        actor: Option<&str>,
+        data: &T,
+    ) -> Event {
+        Event {
+            kind,
+            actor: actor.map(str::to_string),
+            // Serializing plain data (strings, numbers, maps with string keys) cannot fail.
+            data: serde_json::to_string(data).unwrap_or_else(|_| "null".into()),
+        }
+    }
+
+    /// The encoded details.
+    pub fn data_json(&self) -> &str {
+        &self.data
     }
 }
 
-/// A sequenced, chained record as stored.
+/// A sequenced, chained record as read back from the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     pub seq: u64,
     /// Microseconds since the epoch.
     pub at: i64,
-    #[serde(flatten)]
-    pub event: Event,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    pub data: Value,
     /// The hash of the record before (or [`GENESIS`]).
     pub prev: String,
-    /// SHA-256 over `prev` and the canonical encoding of everything else.
+    /// SHA-256 of the line up to this field (see [`line_hash`]).
     pub hash: String,
 }
 
-/// The part of a record its hash covers.
-#[derive(Serialize)]
-struct Hashed<'a> {
-    seq: u64,
-    at: i64,
-    #[serde(flatten)]
-    event: &'a Event,
-    prev: &'a str,
+/// How every line ends: `,"hash":"<64 hex digits>"}`.
+const HASH_FIELD: &[u8] = b",\"hash\":\"";
+const HASH_SUFFIX_LEN: usize = HASH_FIELD.len() + 64 + 2;
+
+/// Appends the line of `event` as record `seq` after the record with hash `prev` to `out`
+/// (with its newline) and returns the record's hash.
+pub fn encode_line(seq: u64, at: i64, event: &Event, prev: &str, out: &mut Vec<u8>) -> String {
+    use std::io::Write;
+    let start = out.len();
+    let _ = write!(out, "{{\"seq\":{seq},\"at\":{at},\"kind\":");
+    let _ = serde_json::to_writer(&mut *out, event.kind);
+    if let Some(actor) = &event.actor {
+        out.extend_from_slice(b",\"actor\":");
+        let _ = serde_json::to_writer(&mut *out, actor);
+    }
+    out.extend_from_slice(b",\"data\":");
+    out.extend_from_slice(event.data.as_bytes());
+    out.extend_from_slice(b",\"prev\":");
+    let _ = serde_json::to_writer(&mut *out, prev);
+    let mut hasher = Sha256::new();
+    hasher.update(&out[start..]);
+    hasher.update(b"}");
+    let hash = hex::encode(hasher.finalize());
+    out.extend_from_slice(HASH_FIELD);
+    out.extend_from_slice(hash.as_bytes());
+    out.extend_from_slice(b"\"}\n");
+    hash
 }
 
-impl Record {
-    /// Chains `event` after the record with hash `prev`.
-    pub fn chain(seq: u64, at: i64, event: Event, prev: &str) -> Record {
-        let hash = hash_of(seq, at, &event, prev);
-        Record {
-            seq,
-            at,
-            event,
-            prev: prev.to_string(),
-            hash,
-        }
+/// The hash a line (without its newline) should carry, and the hash it does carry; `None`
+/// when the line does not end in a hash field.
+pub fn line_hash(line: &[u8]) -> Option<(String, &str)> {
+    let body_len = line.len().checked_sub(HASH_SUFFIX_LEN)?;
+    let (body, suffix) = line.split_at(body_len);
+    if !suffix.starts_with(HASH_FIELD) || !suffix.ends_with(b"\"}") {
+        return None;
     }
-
-    /// The hash this record should carry.
-    pub fn expected_hash(&self) -> String {
-        hash_of(self.seq, self.at, &self.event, &self.prev)
-    }
-
-    /// One line of the log, without the newline.
-    pub fn to_line(&self) -> String {
-        // Serializing plain data cannot fail.
-        serde_json::to_string(self).unwrap_or_default()
-    }
-}
-
-fn hash_of(seq: u64, at: i64, event: &Event, prev: &str) -> String {
-    let canonical = serde_json::to_vec(&Hashed {
-        seq,
-        at,
-        event,
-        prev,
-    })
-    .unwrap_or_default();
-    hex::encode(Sha256::digest(&canonical))
+    let claimed = std::str::from_utf8(&suffix[HASH_FIELD.len()..HASH_FIELD.len() + 64]).ok()?;
+    let mut hasher = Sha256::new();
+    hasher.update(body);
+    hasher.update(b"}");
+    Some((hex::encode(hasher.finalize()), claimed))
 }
 
 /// Text as it may be recorded: at most `max` bytes; longer text is cut and carries the
 /// SHA-256 and length of the whole, so the record stays bounded and still identifies it.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum BoundedText<'a> {
+    Whole(&'a str),
+    Cut {
+        prefix: &'a str,
+        bytes: usize,
+        sha256: String,
+    },
+}
+
+impl<'a> BoundedText<'a> {
+    pub fn new(text: &'a str, max: usize) -> BoundedText<'a> {
+        if text.len() <= max {
+            return BoundedText::Whole(text);
+        }
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        BoundedText::Cut {
+            prefix: &text[..cut],
+            bytes: text.len(),
+            sha256: hex::encode(Sha256::digest(text.as_bytes())),
+        }
+    }
+}
+
+/// [`BoundedText`] as a JSON value, for records built with `json!`.
 pub fn bounded_text(text: &str, max: usize) -> Value {
-    if text.len() <= max {
-        return Value::String(text.to_string());
-    }
-    let mut cut = max;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    serde_json::json!({
-        "prefix": &text[..cut],
-        "bytes": text.len(),
-        "sha256": hex::encode(Sha256::digest(text.as_bytes())),
-    })
+    serde_json::to_value(BoundedText::new(text, max)).unwrap_or(Value::Null)
 }
 
 #[cfg(test)]
@@ -114,18 +155,44 @@ mod tests {
 
     #[test]
     fn hostile_text_stays_inside_its_record() {
-        let text = "drop table x;\n{\"seq\":99,\"kind\":\"forged\"}\0\u{1b}[2J";
-        let r = Record::chain(
+        let text = "drop table x;\n{\"seq\":99,\"kind\":\"forged\"}\0\u{1b}[2J\",\"hash\":\"";
+        let mut out = Vec::new();
+        let hash = encode_line(
             1,
             5,
-            Event::new("statement", None, Value::String(text.into())),
+            &Event::typed("statement", Some("a\nb"), text),
             GENESIS,
+            &mut out,
         );
-        let line = r.to_line();
-        assert!(!line.contains('\n') && !line.contains('\0') && !line.contains('\u{1b}'));
-        let back: Record = serde_json::from_str(&line).unwrap();
-        assert_eq!(back, r);
-        assert_eq!(back.expected_hash(), r.hash);
+        assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 1);
+        let line = &out[..out.len() - 1];
+        assert!(!line.contains(&0) && !line.contains(&0x1b));
+        let back: Record = serde_json::from_slice(line).unwrap();
+        assert_eq!(back.data, Value::String(text.into()));
+        assert_eq!(back.actor.as_deref(), Some("a\nb"));
+        assert_eq!(back.hash, hash);
+        let (computed, claimed) = line_hash(line).unwrap();
+        assert_eq!((computed.as_str(), claimed), (hash.as_str(), hash.as_str()));
+    }
+
+    #[test]
+    fn any_changed_byte_changes_the_hash() {
+        let mut out = Vec::new();
+        encode_line(
+            7,
+            9,
+            &Event::new("k", None, serde_json::json!({"n": 1})),
+            GENESIS,
+            &mut out,
+        );
+        let line = &out[..out.len() - 1];
+        for i in 0..line.len() - HASH_SUFFIX_LEN {
+            let mut changed = line.to_vec();
+            changed[i] ^= 1;
+            let (computed, claimed) = line_hash(&changed).unwrap();
+            assert_ne!(computed, claimed, "byte {i}");
+        }
+        assert!(line_hash(b"{\"seq\":1}").is_none());
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub fn session_timeline(path: &Path, id: &str) -> Result<Option<Timeline>, Repla
         }
         let record: Record =
             serde_json::from_str(&line).map_err(|_| ReplayError::Damaged(n as u64 + 1))?;
-        let data = &record.event.data;
+        let data = &record.data;
         let ours = data["session"].as_str() == Some(id)
             || data["review"]
                 .as_str()
@@ -63,7 +63,7 @@ pub fn session_timeline(path: &Path, id: &str) -> Result<Option<Timeline>, Repla
         if !ours {
             continue;
         }
-        if record.event.kind == "review.created"
+        if record.kind == "review.created"
             && let Some(review) = data["review"].as_str()
         {
             reviews.push(review.to_string());
@@ -75,7 +75,7 @@ pub fn session_timeline(path: &Path, id: &str) -> Result<Option<Timeline>, Repla
     };
     let opened_at = events
         .iter()
-        .find(|r| r.event.kind == "session.opened")
+        .find(|r| r.kind == "session.opened")
         .map(|r| r.at);
     let origin = opened_at.unwrap_or(first.at);
     Ok(Some(Timeline {
@@ -87,9 +87,9 @@ pub fn session_timeline(path: &Path, id: &str) -> Result<Option<Timeline>, Repla
                 offset_us: r.at - origin,
                 seq: r.seq,
                 at: r.at,
-                kind: r.event.kind,
-                actor: r.event.actor,
-                data: r.event.data,
+                kind: r.kind,
+                actor: r.actor,
+                data: r.data,
             })
             .collect(),
     }))
@@ -98,7 +98,7 @@ pub fn session_timeline(path: &Path, id: &str) -> Result<Option<Timeline>, Repla
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Event, GENESIS};
+    use crate::record::{Event, GENESIS, encode_line};
     use serde_json::json;
 
     #[test]
@@ -122,12 +122,9 @@ mod tests {
             Event::new("session.closed", Some("a"), json!({"session": "s_1"})),
         ];
         let mut prev = GENESIS.to_string();
-        let mut text = String::new();
+        let mut text = Vec::new();
         for (i, e) in events.into_iter().enumerate() {
-            let r = Record::chain(i as u64 + 1, 1000 + i as i64 * 10, e, &prev);
-            prev = r.hash.clone();
-            text.push_str(&r.to_line());
-            text.push('\n');
+            prev = encode_line(i as u64 + 1, 1000 + i as i64 * 10, &e, &prev, &mut text);
         }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");

@@ -10,7 +10,7 @@ use ring::signature::{ED25519, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 
 use crate::log::checkpoint_message;
-use crate::record::{GENESIS, Record};
+use crate::record::{GENESIS, Record, line_hash};
 
 /// A checkpoint as exported, to be kept off the gateway host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,7 +106,10 @@ pub fn verify_file(
             );
             return Ok(v);
         }
-        if record.expected_hash() != record.hash {
+        let line = &buf[..buf.len() - 1];
+        if line_hash(line)
+            .is_none_or(|(computed, claimed)| computed != claimed || claimed != record.hash)
+        {
             fail(
                 &mut v,
                 line_no,
@@ -117,8 +120,8 @@ pub fn verify_file(
             );
             return Ok(v);
         }
-        if record.event.kind == "audit.checkpoint" {
-            let d = &record.event.data;
+        if record.kind == "audit.checkpoint" {
+            let d = &record.data;
             let covers_seq = d["covers_seq"].as_u64().unwrap_or(0);
             let covers_hash = d["covers_hash"].as_str().unwrap_or_default();
             let actual = covers_seq
@@ -205,8 +208,8 @@ pub fn last_checkpoint(path: &Path) -> std::io::Result<Option<ExportedCheckpoint
         let Ok(record) = serde_json::from_str::<Record>(&line?) else {
             continue;
         };
-        if record.event.kind == "audit.checkpoint" {
-            last = serde_json::from_value(record.event.data).ok();
+        if record.kind == "audit.checkpoint" {
+            last = serde_json::from_value(record.data).ok();
         }
     }
     Ok(last)

@@ -436,17 +436,20 @@ impl SessionHandle {
         let Some(audit) = &self.audit else {
             return Ok(None);
         };
-        let event = gatehouse_audit::Event::new(
+        let event = gatehouse_audit::Event::typed(
             "statement.intent",
             Some(&self.identity.principal()),
-            serde_json::json!({
-                "session": &*self.id,
-                "seq": command.seq,
-                "text": gatehouse_audit::record::bounded_text(&command.command.text, 4096),
-                "params": command.command.params,
-                "decision": command.decision.name(),
-                "policies": command.decision.policies,
-            }),
+            &IntentRecord {
+                session: &self.id,
+                seq: command.seq,
+                text: gatehouse_audit::record::BoundedText::new(
+                    &command.command.text,
+                    RECORDED_TEXT_BYTES,
+                ),
+                params: &command.command.params,
+                decision: command.decision.name(),
+                policies: &command.decision.policies,
+            },
         );
         audit.enqueue(event).map(Some).map_err(|e| {
             tracing::error!(error = %e, "cannot queue an audit record");
@@ -458,21 +461,21 @@ impl SessionHandle {
     /// session must end.
     pub async fn complete(&self, command: InFlight, done: Completion) -> Result<(), RecordError> {
         if let Some(audit) = &self.audit {
-            audit.append_detached(gatehouse_audit::Event::new(
+            audit.append_detached(gatehouse_audit::Event::typed(
                 "statement.outcome",
                 Some(&self.identity.principal()),
-                serde_json::json!({
-                    "session": &*self.id,
-                    "seq": command.seq,
-                    "decision": command.decision.name(),
-                    "policies": command.decision.policies,
-                    "outcome": done.outcome.as_str(),
-                    "rows": done.rows,
-                    "sqlstate": done.code,
-                    "duration_us": command.started.elapsed().as_micros() as u64,
-                    "masked": done.masked.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
-                    "excerpt": done.excerpt,
-                }),
+                &OutcomeRecord {
+                    session: &self.id,
+                    seq: command.seq,
+                    decision: command.decision.name(),
+                    policies: &command.decision.policies,
+                    outcome: done.outcome.as_str(),
+                    rows: done.rows,
+                    sqlstate: done.code.as_deref(),
+                    duration_us: command.started.elapsed().as_micros() as u64,
+                    masked: MaskedCounts(&done.masked),
+                    excerpt: done.excerpt.as_ref(),
+                },
             ));
         }
         let duration = command.started.elapsed().as_micros().min(i64::MAX as u128) as i64;
@@ -518,6 +521,45 @@ impl SessionHandle {
         if self.recorder.record(record).await.is_err() {
             tracing::error!(session = %self.id, "could not record the end of the session");
         }
+    }
+}
+
+/// The longest statement text an audit record holds whole; longer text is cut and carries
+/// the SHA-256 of the whole.
+const RECORDED_TEXT_BYTES: usize = 4096;
+
+/// The details of a `statement.intent` audit record, encoded once without a JSON value.
+#[derive(serde::Serialize)]
+struct IntentRecord<'a> {
+    session: &'a str,
+    seq: i64,
+    text: gatehouse_audit::record::BoundedText<'a>,
+    params: &'a Option<Vec<Option<String>>>,
+    decision: &'static str,
+    policies: &'a [String],
+}
+
+/// The details of a `statement.outcome` audit record.
+#[derive(serde::Serialize)]
+struct OutcomeRecord<'a> {
+    session: &'a str,
+    seq: i64,
+    decision: &'static str,
+    policies: &'a [String],
+    outcome: &'static str,
+    rows: Option<i64>,
+    sqlstate: Option<&'a str>,
+    duration_us: u64,
+    masked: MaskedCounts<'a>,
+    excerpt: Option<&'a ResultExcerpt>,
+}
+
+/// Values masked per rule, as a JSON object.
+struct MaskedCounts<'a>(&'a [(String, u64)]);
+
+impl serde::Serialize for MaskedCounts<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(rule, n)| (rule, n)))
     }
 }
 

@@ -115,7 +115,7 @@ impl Reviews {
     /// Keeps `kind` in the audit log; a review change that cannot be recorded does not happen.
     pub(crate) async fn audit(
         &self,
-        kind: &str,
+        kind: &'static str,
         actor: Option<&str>,
         data: serde_json::Value,
     ) -> Result<(), StoreError> {
@@ -455,7 +455,7 @@ impl Reviews {
 
     /// Records that a review ended without running (expired, abandoned). The change has
     /// already happened and only ever takes a right away, so it is not held up by the log.
-    fn audit_settled(&self, kind: &str, id: &str, reason: &str) {
+    fn audit_settled(&self, kind: &'static str, id: &str, reason: &str) {
         if let Some(log) = &self.audit {
             log.append_detached(gatehouse_audit::Event::new(
                 kind,
