@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use gatehouse_audit::verify::ExportedCheckpoint;
 
-use crate::cli::{AuditCommand, AuditTarget, CheckpointCommand, Format};
+use crate::cli::{AuditCommand, AuditTarget, CheckpointCommand, ExportFormat, Format};
 
 /// The audit directory inside a data directory.
 pub const AUDIT_DIR: &str = "audit";
@@ -64,7 +64,12 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        AuditCommand::Export { target, since } => {
+        AuditCommand::Export {
+            target,
+            since,
+            format: ExportFormat::Jsonl,
+        } => {
+            let since = since.as_deref().map(parse_since).transpose()?;
             let dir = audit_dir(&target)?;
             let file = std::fs::File::open(dir.join(gatehouse_audit::LOG_FILE))
                 .with_context(|| format!("no audit log in {}", dir.display()))?;
@@ -74,7 +79,12 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 let record: gatehouse_audit::Record = serde_json::from_str(&line).context(
                     "the audit log holds a damaged record; run `gatehouse audit verify`",
                 )?;
-                if since.is_none_or(|s| record.seq >= s) {
+                let wanted = match since {
+                    None => true,
+                    Some(Since::Seq(s)) => record.seq >= s,
+                    Some(Since::Time(t)) => record.at >= t,
+                };
+                if wanted {
                     use std::io::Write;
                     writeln!(out, "{line}")?;
                 }
@@ -94,6 +104,39 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+/// Where an export starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Since {
+    Seq(u64),
+    /// Microseconds since the epoch.
+    Time(i64),
+}
+
+/// `--since`: a sequence number, an RFC 3339 time, or a duration before now.
+fn parse_since(s: &str) -> anyhow::Result<Since> {
+    if let Ok(seq) = s.parse::<u64>() {
+        return Ok(Since::Seq(seq));
+    }
+    let micros = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0)
+    };
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(Since::Time(micros(t)));
+    }
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(Since::Time(micros(
+            std::time::SystemTime::now()
+                .checked_sub(d)
+                .unwrap_or(std::time::UNIX_EPOCH),
+        )));
+    }
+    anyhow::bail!(
+        "--since {s:?} is not a sequence number (1000), a time (2026-11-26T08:00:00Z) or a duration (1h)"
+    )
 }
 
 /// Asks the gateway to verify its own log. Useful from an auditor's machine; a checkpoint
@@ -126,4 +169,24 @@ fn audit_dir(target: &AuditTarget) -> anyhow::Result<PathBuf> {
         }
     };
     Ok(data_dir.join(AUDIT_DIR))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_a_sequence_a_time_or_a_duration() {
+        assert_eq!(parse_since("1000").unwrap(), Since::Seq(1000));
+        assert_eq!(
+            parse_since("2026-11-26T00:00:00Z").unwrap(),
+            Since::Time(1_795_651_200_000_000)
+        );
+        let Since::Time(t) = parse_since("1h").unwrap() else {
+            panic!("a duration is a time")
+        };
+        let hour_ago = gatehouse_core::time::now_micros() - 3_600_000_000;
+        assert!((t - hour_ago).abs() < 5_000_000);
+        assert!(parse_since("yesterday-ish").is_err());
+    }
 }

@@ -298,13 +298,24 @@ pub enum AuditCommand {
     Export {
         #[command(flatten)]
         target: AuditTarget,
-        /// Only records with this sequence number or later.
+        /// Only records from here on: a sequence number (`1000`), a time
+        /// (`2026-11-26T08:00:00Z`) or how long ago (`1h`, `30m`, `7days`).
         #[arg(long)]
-        since: Option<u64>,
+        since: Option<String>,
+        /// Output format: one JSON record per line.
+        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        format: ExportFormat,
     },
     /// Signed checkpoints.
     #[command(subcommand)]
     Checkpoint(CheckpointCommand),
+}
+
+/// How `audit export` writes records.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// JSON lines, exactly as in the log (each with its stable `seq`).
+    Jsonl,
 }
 
 #[derive(Subcommand)]
