@@ -13,8 +13,11 @@
 # Gatehouse runs with its features on: client TLS, a token, the shipped example policies
 # (examples/policies) deciding every statement, masking rules loaded (value detectors for
 # emails, card numbers and SSNs on every value, and a column rule on pgbench_accounts.filler),
-# and recording. The target `bare` is a second Gatehouse with one allow-all policy and no
-# masking: the cost of the features is the difference between the two.
+# and the audit log in AUDIT_DURABILITY mode. The target `bare` is a second Gatehouse with one
+# allow-all policy, no masking and the audit log off (`durability = "off"`): forwarding alone.
+# The cost of the features is the difference between the two.
+#
+#   CONNECT=1 bench/pg.sh             # pgbench -C: a new connection (TLS, token) per transaction
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -26,7 +29,8 @@ MODES=${MODES:-"simple extended prepared"}
 SCRIPTS=${SCRIPTS:-"select tpcb"}
 CLIENTS=${CLIENTS:-"8 1"}
 TARGETS=${TARGETS:-"direct pgbouncer gatehouse bare"}
-AUDIT_DURABILITY=${AUDIT_DURABILITY:-strict}   # the audit log's [audit] durability, both gateways
+AUDIT_DURABILITY=${AUDIT_DURABILITY:-strict}   # the audit log's [audit] durability (gatehouse target)
+CONNECT=${CONNECT:-0}                          # 1: pgbench -C (connection setup per transaction)
 
 
 if ! command -v pgbouncer >/dev/null 2>&1 && [[ " $TARGETS " == *" pgbouncer "* ]]; then
@@ -130,11 +134,13 @@ BENCH_PG_PASSWORD=$PW GATEHOUSE_LOG=warn "$GATEHOUSE" serve --config "$WORK/gate
 GH_PID=$!
 PIDS+=($GH_PID)
 
-# The same gateway with its features at their cheapest: one allow-all policy, no masking.
+# The same gateway with its features at their cheapest: one allow-all policy, no masking, no
+# audit log.
 mkdir -p "$WORK/bare-policies"
 printf '@id("allow-all")\npermit(principal, action, resource);\n' > "$WORK/bare-policies/all.cedar"
 sed -e "s|$WORK/gh\"|$WORK/gh-bare\"|" -e "s|:$API_PORT\"|:$BARE_API_PORT\"|" -e "s|:$GH_PORT\"|:$BARE_PORT\"|" \
     -e "s|$PWD/examples/policies/|$WORK/bare-policies/|" -e '/^\[\[masking.rules\]\]/,$d' \
+    -e 's|^durability = .*|durability = "off"|' \
     "$WORK/gatehouse.toml" > "$WORK/gatehouse-bare.toml"
 BENCH_PG_PASSWORD=$PW GATEHOUSE_LOG=warn "$GATEHOUSE" serve --config "$WORK/gatehouse-bare.toml" 2>"$WORK/gatehouse-bare.log" &
 BARE_PID=$!
@@ -155,6 +161,7 @@ RESULTS="$WORK/results.tsv"
 run() { # target mode script clients -> tps, latency ms
   local target=$1 mode=$2 script=$3 clients=$4 flags=()
   [ "$script" = select ] && flags+=(-S)
+  [ "$CONNECT" = 1 ] && flags+=(-C)
   local jobs=$(( clients < 2 ? 1 : 2 ))
   PGPASSWORD=$(pass_of "$target") PGSSLMODE=require pgbench -h 127.0.0.1 -p "$(port_of "$target")" -U postgres \
     -M "$mode" "${flags[@]}" -c "$clients" -j "$jobs" -T "$DURATION" postgres 2>&1 |

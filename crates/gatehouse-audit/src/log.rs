@@ -22,6 +22,9 @@ pub enum Durability {
     /// `append` returns once the record is queued; it reaches the disk with the next batch
     /// (within milliseconds). A crash can lose the records of that window.
     Batched,
+    /// Nothing is recorded. Only for measuring what the log costs (benchmarks) and throwaway
+    /// development setups; the gateway warns loudly at start.
+    Off,
 }
 
 /// Why the audit log failed. Callers refuse the action they wanted to record.
@@ -103,7 +106,7 @@ impl AuditLog {
             tail,
             checkpoint_every: checkpoint_every.max(1),
             window: match durability {
-                Durability::Strict => Duration::ZERO,
+                Durability::Strict | Durability::Off => Duration::ZERO,
                 Durability::Batched => BATCHED_WINDOW,
             },
             buf: Vec::new(),
@@ -134,6 +137,11 @@ impl AuditLog {
         &self.dir
     }
 
+    /// `false` when durability is [`Durability::Off`]: callers need not even build records.
+    pub fn is_on(&self) -> bool {
+        self.durability != Durability::Off
+    }
+
     /// Records `event`. With [`Durability::Strict`] it returns once the record is synced and
     /// gives its sequence number; with batched, once queued (sequence 0).
     pub async fn append(&self, event: Event) -> Result<u64, AuditError> {
@@ -144,6 +152,7 @@ impl AuditLog {
     /// (several callers' records then share one sync).
     pub fn enqueue(&self, event: Event) -> Result<Pending, AuditError> {
         let (done, wait) = match self.durability {
+            Durability::Off => return Ok(Pending(None)),
             Durability::Batched => (None, None),
             Durability::Strict => {
                 let (tx, rx) = oneshot::channel();
@@ -158,6 +167,9 @@ impl AuditLog {
 
     /// Records `event` without waiting, for places that cannot wait (their failure is logged).
     pub fn append_detached(&self, event: Event) {
+        if self.durability == Durability::Off {
+            return;
+        }
         if self.tx.send(Job { event, done: None }).is_err() {
             tracing::error!("the audit log writer has stopped; a record was not kept");
         }

@@ -390,6 +390,12 @@ impl Config {
                 message: "clients off loopback may send their token without TLS".into(),
             });
         }
+        if self.audit.durability == gatehouse_audit::Durability::Off {
+            warnings.push(ConfigProblem {
+                path: "audit.durability".into(),
+                message: "the audit log is OFF: no statement, session or administrative action is recorded in it; use only to measure what it costs".into(),
+            });
+        }
         warnings
     }
 }
@@ -838,10 +844,11 @@ impl RawConfig {
         let durability = match self.audit.durability.as_deref() {
             None | Some("strict") => gatehouse_audit::Durability::Strict,
             Some("batched") => gatehouse_audit::Durability::Batched,
+            Some("off") => gatehouse_audit::Durability::Off,
             Some(other) => {
                 problem(
                     "audit.durability".into(),
-                    format!("\"{other}\" is not \"strict\" or \"batched\""),
+                    format!("\"{other}\" is not \"strict\", \"batched\" or \"off\""),
                 );
                 gatehouse_audit::Durability::Strict
             }

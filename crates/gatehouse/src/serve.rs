@@ -97,7 +97,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         store.clone(),
         config.reviews.timeout,
         grants,
-        Some(audit.clone()),
+        audit.is_on().then(|| audit.clone()),
     ));
     // Held client connections do not survive a restart, so neither do their reviews.
     let abandoned = reviews.abandon_held(None, "the gateway restarted").await;
@@ -118,7 +118,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         authorizer,
         reviews.clone(),
         masking,
-        Some(audit.clone()),
+        audit.is_on().then(|| audit.clone()),
     ));
 
     let pg_listener = TcpListener::bind(config.server.postgres_listen)
