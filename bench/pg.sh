@@ -60,7 +60,7 @@ cat >> "$WORK/data/postgresql.conf" <<EOF
 port = $PG_PORT
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '$WORK'
-max_connections = 400
+max_connections = 1100   # 256 clients on each path at once (PgBouncer keeps its idle server connections)
 shared_buffers = 256MB
 ssl = on
 ssl_cert_file = '$WORK/server.crt'

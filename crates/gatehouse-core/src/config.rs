@@ -1068,6 +1068,28 @@ mod tests {
     }
 
     #[test]
+    fn audit_settings_parse_and_an_audit_log_turned_off_is_warned_about() {
+        let c = parse("").unwrap();
+        assert_eq!(c.audit.durability, gatehouse_audit::Durability::Strict);
+        assert_eq!(c.audit.result_excerpt_rows, 3);
+        let c = parse("[audit]\ndurability = \"off\"\nresult_excerpt_rows = 0\n").unwrap();
+        assert_eq!(c.audit.result_excerpt_rows, 0);
+        assert!(
+            c.warnings()
+                .iter()
+                .any(|w| w.path == "audit.durability" && w.message.contains("OFF"))
+        );
+        let e = format!(
+            "{:?}",
+            parse("[audit]\ndurability = \"sometimes\"\nresult_excerpt_rows = 1000\n").unwrap_err()
+        );
+        assert!(
+            e.contains("audit.durability") && e.contains("audit.result_excerpt_rows"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn a_full_connection_parses() {
         let c = parse(
             r#"
