@@ -199,22 +199,23 @@ for r in rows:
         key = tuple(r[1:4]); tps[key + (r[4],)].append(float(r[5])); lat[key + (r[4],)].append(float(r[6]))
 keys = sorted({k[:3] for k in tps}, key=lambda k: (k[0], k[1], -int(k[2])))
 gateways = [t for t in ('gatehouse', 'bare') if t in targets]
+# Ratios against whichever baselines ran; gatehouse/bare is what the features cost.
+baselines = [b for b in ('direct', 'pgbouncer') if b in targets]
+pairs = [(g, b) for g in gateways for b in baselines]
+if len(gateways) == 2:
+    pairs.append(('gatehouse', 'bare'))
+latency_base = baselines[0] if baselines else None
 head = "| script | mode | clients | " + " | ".join(f"{t} tps" for t in targets) + " | "
-for g in gateways:
-    head += f"{g}/direct | "
-    if 'pgbouncer' in targets:
-        head += f"{g}/pgbouncer | "
-head += "added latency (ms) | " + " | ".join(f"{g} CPU/txn (us)" for g in gateways) + " |"
+head += "".join(f"{g}/{b} | " for g, b in pairs)
+head += f"added latency over {latency_base or '-'} (ms) | " + " | ".join(f"{g} CPU/txn (us)" for g in gateways) + " |"
 print(head); print("|" + "---|" * (head.count("|") - 1))
 for k in keys:
     med = {t: statistics.median(tps[k + (t,)]) for t in targets if tps.get(k + (t,))}
     mlat = {t: statistics.median(lat[k + (t,)]) for t in targets if lat.get(k + (t,))}
-    cells = [k[0], k[1], k[2]] + [f"{med[t]:.0f}" for t in targets]
-    for g in gateways:
-        cells.append(f"{med[g] / med['direct']:.2f}x")
-        if 'pgbouncer' in targets:
-            cells.append(f"{med[g] / med['pgbouncer']:.2f}x")
-    cells.append(f"{mlat[gateways[0]] - mlat['direct']:+.3f}" if gateways else "-")
+    cells = [k[0], k[1], k[2]] + [f"{med[t]:.0f}" if t in med else "-" for t in targets]
+    for g, b in pairs:
+        cells.append(f"{med[g] / med[b]:.2f}x" if g in med and med.get(b) else "-")
+    cells.append(f"{mlat[gateways[0]] - mlat[latency_base]:+.3f}" if gateways and latency_base else "-")
     for g in gateways:
         cells.append(f"{statistics.median(cpu[k + (g,)]):.0f}" if cpu.get(k + (g,)) else "-")
     print("| " + " | ".join(cells) + " |")

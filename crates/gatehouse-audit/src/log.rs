@@ -5,7 +5,8 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::json;
@@ -34,7 +35,7 @@ pub enum AuditError {
     Io(#[from] std::io::Error),
     #[error("the audit signing key is unusable: {0}")]
     Key(String),
-    #[error("the audit log writer has stopped")]
+    #[error("the audit log cannot be written (a write or sync failed, or its writer stopped)")]
     Stopped,
 }
 
@@ -66,6 +67,10 @@ pub struct AuditLog {
     tx: mpsc::Sender<Job>,
     durability: Durability,
     dir: PathBuf,
+    /// Set by the writer once a write or sync failed: from then on nothing can be recorded,
+    /// so every caller is refused (what a failed `fsync` left on disk cannot be trusted, and
+    /// the chain cannot continue from an unknown state).
+    failed: Arc<AtomicBool>,
 }
 
 /// Where the chain stands.
@@ -100,17 +105,15 @@ impl AuditLog {
         // Unbounded: in strict mode every caller waits for its own record, which bounds the
         // queue by the number of callers; the writer drains it in batches.
         let (tx, rx) = mpsc::channel();
-        let mut writer = Writer {
+        let failed = Arc::new(AtomicBool::new(false));
+        let mut writer = Writer::new(
             file,
             key,
             tail,
-            checkpoint_every: checkpoint_every.max(1),
-            window: match durability {
-                Durability::Strict | Durability::Off => Duration::ZERO,
-                Durability::Batched => BATCHED_WINDOW,
-            },
-            buf: Vec::new(),
-        };
+            checkpoint_every,
+            durability,
+            failed.clone(),
+        );
         if torn > 0 {
             tracing::warn!(
                 bytes = torn,
@@ -120,6 +123,12 @@ impl AuditLog {
                 event: Event::new("audit.recovered", None, json!({ "truncated_bytes": torn })),
                 done: None,
             }]);
+            writer.sync_pending();
+            if failed.load(Ordering::Acquire) {
+                return Err(AuditError::Io(std::io::Error::other(
+                    "cannot write the audit log after recovering it",
+                )));
+            }
         }
         // A thread of its own: writing and syncing block, and must not hold up the runtime's
         // workers (every session's relay runs on them).
@@ -130,6 +139,7 @@ impl AuditLog {
             tx,
             durability,
             dir: dir.to_path_buf(),
+            failed,
         })
     }
 
@@ -151,6 +161,9 @@ impl AuditLog {
     /// Queues `event` without waiting; wait on the result before acting on what it records
     /// (several callers' records then share one sync).
     pub fn enqueue(&self, event: Event) -> Result<Pending, AuditError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(AuditError::Stopped);
+        }
         let (done, wait) = match self.durability {
             Durability::Off => return Ok(Pending(None)),
             Durability::Batched => (None, None),
@@ -187,23 +200,66 @@ struct Writer {
     window: Duration,
     /// The encoded batch, reused.
     buf: Vec<u8>,
+    /// Records were written that no sync covers yet (strict mode writes records nobody waits
+    /// for, such as outcomes, without a sync of their own; the next waited-for record's sync,
+    /// or [`SYNC_DELAY`] of quiet, covers them).
+    unsynced: bool,
+    /// Shared with every [`AuditLog`] handle; see there.
+    failed: Arc<AtomicBool>,
 }
+
+/// How long records nobody waits for may stay unsynced in strict mode.
+const SYNC_DELAY: Duration = Duration::from_millis(5);
 
 /// The collection window of batched durability, and so its loss window on a crash.
 pub const BATCHED_WINDOW: Duration = Duration::from_millis(5);
 
 impl Writer {
+    fn new(
+        file: std::fs::File,
+        key: Ed25519KeyPair,
+        tail: Tail,
+        checkpoint_every: u64,
+        durability: Durability,
+        failed: Arc<AtomicBool>,
+    ) -> Writer {
+        Writer {
+            file,
+            key,
+            tail,
+            checkpoint_every: checkpoint_every.max(1),
+            window: match durability {
+                Durability::Strict | Durability::Off => Duration::ZERO,
+                Durability::Batched => BATCHED_WINDOW,
+            },
+            buf: Vec::new(),
+            unsynced: false,
+            failed,
+        }
+    }
+
     fn run(mut self, rx: mpsc::Receiver<Job>) {
         loop {
-            // A quiet log gets a checkpoint, so its last records are covered by a signature.
-            let first = match rx.recv_timeout(Duration::from_secs(10)) {
+            // Unsynced records are synced after a short quiet; a quiet log gets a checkpoint,
+            // so its last records are covered by a signature.
+            let quiet = if self.unsynced {
+                SYNC_DELAY
+            } else {
+                Duration::from_secs(10)
+            };
+            let first = match rx.recv_timeout(quiet) {
                 Ok(job) => job,
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     self.checkpoint_if_due(true);
+                    self.sync_pending();
                     return;
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.checkpoint_if_due(true);
+                    if self.unsynced {
+                        self.sync_pending();
+                    } else {
+                        self.checkpoint_if_due(true);
+                    }
                     continue;
                 }
             };
@@ -225,16 +281,35 @@ impl Writer {
         }
     }
 
+    /// Syncs records written without a sync.
+    fn sync_pending(&mut self) {
+        if self.unsynced && !self.failed.load(Ordering::Acquire) {
+            match self.file.sync_data() {
+                Ok(()) => self.unsynced = false,
+                Err(e) => self.fail(&e),
+            }
+        }
+    }
+
+    /// A write or sync failed: nothing more is recorded, and every caller is refused.
+    fn fail(&mut self, e: &std::io::Error) {
+        tracing::error!(error = %e, "cannot write the audit log; from now on every action that needs a record is refused (restart the gateway once the cause is fixed)");
+        self.failed.store(true, Ordering::Release);
+    }
+
     fn write_batch(&mut self, batch: Vec<Job>) {
+        if self.failed.load(Ordering::Acquire) {
+            for job in batch {
+                if let Some(done) = job.done {
+                    let _ = done.send(Err("the audit log failed earlier".into()));
+                }
+            }
+            return;
+        }
         let now = now_micros();
         let mut text = std::mem::take(&mut self.buf);
         text.clear();
         let mut replies = Vec::new();
-        let start = (
-            self.tail.seq,
-            self.tail.hash.clone(),
-            self.tail.since_checkpoint,
-        );
         for job in batch {
             self.append_to(&mut text, now, &job.event);
             if let Some(done) = job.done {
@@ -246,22 +321,24 @@ impl Writer {
             self.append_to(&mut text, now, &checkpoint);
             self.tail.since_checkpoint = 0;
         }
+        // Batched mode syncs every batch (its window is the loss window); strict mode syncs
+        // when someone waits, which also covers records written before without a sync.
+        let sync = !self.window.is_zero() || !replies.is_empty();
         let written = self
             .file
             .write_all(&text)
-            .and_then(|_| self.file.sync_data());
+            .and_then(|_| if sync { self.file.sync_data() } else { Ok(()) });
         // The buffer is kept for the next batch: no allocation per batch once warm.
         self.buf = text;
         match written {
             Ok(()) => {
+                self.unsynced = !sync;
                 for (done, seq) in replies {
                     let _ = done.send(Ok(seq));
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot write the audit log");
-                // The chain continues from what is on disk: nothing of this batch counts.
-                (self.tail.seq, self.tail.hash, self.tail.since_checkpoint) = start;
+                self.fail(&e);
                 for (done, _) in replies {
                     let _ = done.send(Err(e.to_string()));
                 }
@@ -279,12 +356,8 @@ impl Writer {
     fn checkpoint_if_due(&mut self, quiet: bool) {
         if self.tail.since_checkpoint > 0
             && (quiet || self.tail.since_checkpoint >= self.checkpoint_every)
+            && !self.failed.load(Ordering::Acquire)
         {
-            let start = (
-                self.tail.seq,
-                self.tail.hash.clone(),
-                self.tail.since_checkpoint,
-            );
             let checkpoint = self.checkpoint_event();
             let mut line = Vec::new();
             self.append_to(&mut line, now_micros(), &checkpoint);
@@ -293,11 +366,11 @@ impl Writer {
                 .write_all(&line)
                 .and_then(|_| self.file.sync_data())
             {
-                Ok(()) => self.tail.since_checkpoint = 0,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot write an audit checkpoint");
-                    (self.tail.seq, self.tail.hash, self.tail.since_checkpoint) = start;
+                Ok(()) => {
+                    self.tail.since_checkpoint = 0;
+                    self.unsynced = false;
                 }
+                Err(e) => self.fail(&e),
             }
         }
     }
@@ -413,4 +486,67 @@ fn now_micros() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_refuses_this_record_and_every_later_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOG_FILE);
+        std::fs::write(&path, b"").unwrap();
+        // Opened read-only, so every write fails as on a full or broken disk.
+        let file = std::fs::File::open(&path).unwrap();
+        let key = load_or_create_key(dir.path()).unwrap();
+        let failed = Arc::new(AtomicBool::new(false));
+        let tail = Tail {
+            seq: 0,
+            hash: GENESIS.into(),
+            since_checkpoint: 0,
+        };
+        let mut writer = Writer::new(file, key, tail, 10, Durability::Strict, failed.clone());
+        let (done, mut reply) = oneshot::channel();
+        writer.write_batch(vec![Job {
+            event: Event::new("statement.intent", None, json!({})),
+            done: Some(done),
+        }]);
+        assert!(reply.try_recv().unwrap().is_err());
+        let (tx, _rx) = mpsc::channel();
+        let log = AuditLog {
+            tx,
+            durability: Durability::Batched,
+            dir: dir.path().to_path_buf(),
+            failed,
+        };
+        assert!(matches!(
+            log.enqueue(Event::new("statement.intent", None, json!({}))),
+            Err(AuditError::Stopped)
+        ));
+    }
+
+    #[tokio::test]
+    async fn records_nobody_waits_for_reach_the_disk_in_order_without_a_sync_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path(), Durability::Strict, 1000)
+            .await
+            .unwrap();
+        log.append_detached(Event::new("statement.outcome", None, json!({"n": 1})));
+        log.append(Event::new("statement.intent", None, json!({"n": 2})))
+            .await
+            .unwrap();
+        log.append_detached(Event::new("statement.outcome", None, json!({"n": 3})));
+        // The last one is synced after a short quiet (and is in the file at once anyway).
+        tokio::time::sleep(SYNC_DELAY * 4).await;
+        let text = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+        let kinds: Vec<&str> = text
+            .lines()
+            .map(|l| if l.contains("outcome") { "o" } else { "i" })
+            .collect();
+        assert_eq!(kinds, ["o", "i", "o"]);
+        let public = std::fs::read_to_string(dir.path().join(PUBLIC_KEY_FILE)).unwrap();
+        let v = crate::verify_file(&dir.path().join(LOG_FILE), &public, None).unwrap();
+        assert!(v.problem.is_none(), "{v:?}");
+    }
 }
