@@ -25,6 +25,10 @@ pub enum StoreError {
 }
 
 /// Ordered schema changes. Append only: a released migration is never edited.
+/// Rows per multi-row statement INSERT: 12 parameters each, well under SQLite's limit of
+/// 32,766 parameters per statement.
+const STATEMENT_ROWS_PER_INSERT: usize = 500;
+
 const MIGRATIONS: &[(i64, &str)] = &[
     (
         1,
@@ -424,6 +428,10 @@ impl Store {
     /// Writes a batch of records in one transaction: one disk sync for many statements.
     pub async fn write_batch(&self, records: &[Record]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        // Statements, the bulk of every batch, go in as multi-row INSERTs: each statement sent
+        // to SQLite is a round trip to sqlx's SQLite thread, and one per row cost more CPU
+        // than the relay itself under load. No constraint ties them to the session rows.
+        let mut statements: Vec<&StatementRow> = Vec::new();
         for record in records {
             match record {
                 Record::SessionOpened(s) => {
@@ -446,30 +454,7 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 }
-                Record::Statement(st) => {
-                    sqlx::query(
-                        "INSERT INTO statements (session_id, seq, started_at, duration_us, text, params, rows, outcome, sqlstate, decision, policies, masked)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-                    )
-                    .bind(&st.session_id)
-                    .bind(st.seq)
-                    .bind(st.started_at)
-                    .bind(st.duration_us)
-                    .bind(&st.text)
-                    .bind(st.params.as_ref().map(to_json))
-                    .bind(st.rows)
-                    .bind(st.outcome.as_str())
-                    .bind(&st.sqlstate)
-                    .bind(&st.decision)
-                    .bind(to_json(&st.policies))
-                    .bind((!st.masked.is_empty()).then(|| {
-                        let map: std::collections::BTreeMap<&str, u64> =
-                            st.masked.iter().map(|(k, n)| (k.as_str(), *n)).collect();
-                        to_json(&map)
-                    }))
-                    .execute(&mut *tx)
-                    .await?;
-                }
+                Record::Statement(st) => statements.push(st),
                 Record::SessionClosed {
                     id,
                     ended_at,
@@ -483,6 +468,30 @@ impl Store {
                         .await?;
                 }
             }
+        }
+        for chunk in statements.chunks(STATEMENT_ROWS_PER_INSERT) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO statements (session_id, seq, started_at, duration_us, text, params, rows, outcome, sqlstate, decision, policies, masked) ",
+            );
+            insert.push_values(chunk, |mut row, st| {
+                row.push_bind(&st.session_id)
+                    .push_bind(st.seq)
+                    .push_bind(st.started_at)
+                    .push_bind(st.duration_us)
+                    .push_bind(&st.text)
+                    .push_bind(st.params.as_ref().map(to_json))
+                    .push_bind(st.rows)
+                    .push_bind(st.outcome.as_str())
+                    .push_bind(&st.sqlstate)
+                    .push_bind(&st.decision)
+                    .push_bind(to_json(&st.policies))
+                    .push_bind((!st.masked.is_empty()).then(|| {
+                        let map: std::collections::BTreeMap<&str, u64> =
+                            st.masked.iter().map(|(k, n)| (k.as_str(), *n)).collect();
+                        to_json(&map)
+                    }));
+            });
+            insert.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -612,4 +621,71 @@ fn session_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<SessionRow, StoreErro
         end_reason: r.try_get("end_reason")?,
         statement_count: r.try_get("statement_count")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_batch_larger_than_one_insert_keeps_every_statement_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
+            .await
+            .unwrap();
+        let session = SessionRow {
+            id: "s1".into(),
+            protocol: "postgres".into(),
+            connection: "appdb".into(),
+            principal: "gatehouse/a".into(),
+            display_name: "a".into(),
+            identity_kind: "service_account".into(),
+            groups: vec!["agents".into()],
+            token_id: "t".into(),
+            client_addr: "127.0.0.1:1".into(),
+            application_name: None,
+            started_at: 1,
+            ended_at: None,
+            end_reason: None,
+            statement_count: 0,
+        };
+        let mut batch = vec![Record::SessionOpened(Box::new(session))];
+        let n = STATEMENT_ROWS_PER_INSERT * 2 + 7;
+        for seq in 1..=n as i64 {
+            batch.push(Record::Statement(Box::new(StatementRow {
+                session_id: "s1".into(),
+                seq,
+                started_at: seq,
+                duration_us: Some(3),
+                text: format!("select {seq}"),
+                params: (seq == 2).then(|| vec![Some("x".into()), None]),
+                rows: Some(1),
+                outcome: Outcome::Ok,
+                sqlstate: None,
+                decision: Some("allow".into()),
+                policies: vec!["p".into()],
+                masked: if seq == 3 {
+                    vec![("emails".into(), 2)]
+                } else {
+                    vec![]
+                },
+            })));
+        }
+        batch.push(Record::SessionClosed {
+            id: "s1".into(),
+            ended_at: 9,
+            reason: "client_closed".into(),
+        });
+        store.write_batch(&batch).await.unwrap();
+        let rows = store.list_statements("s1").await.unwrap();
+        assert_eq!(rows.len(), n);
+        assert!(rows.iter().enumerate().all(|(i, r)| r.seq == i as i64 + 1));
+        assert_eq!(rows[1].params, Some(vec![Some("x".into()), None]));
+        assert_eq!(rows[2].masked, vec![("emails".to_string(), 2)]);
+        let s = store.get_session("s1").await.unwrap().unwrap();
+        assert_eq!(
+            (s.statement_count, s.end_reason.as_deref()),
+            (n as i64, Some("client_closed"))
+        );
+    }
 }

@@ -323,12 +323,22 @@ fn internal_denial(action: &str, error: &str) -> Evaluation {
     }
 }
 
+/// A policy's annotation. Cedar's `Policy::annotation` parses the key with its grammar on
+/// every call (a fresh lexer, with a regex DFA cache); decisions look annotations up for every
+/// statement, so they scan the policy's few annotations instead.
+fn annotation<'p>(policy: &'p cedar_policy::Policy, key: &str) -> Option<&'p str> {
+    policy
+        .annotations()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
 /// Policy ids as people wrote them (`@id("...")`), falling back to Cedar's own.
 fn policy_names<'a>(set: &PolicySet, ids: impl Iterator<Item = &'a PolicyId>) -> Vec<String> {
     let mut names: Vec<String> = ids
         .map(|id| {
             set.policy(id)
-                .and_then(|p| p.annotation("id").map(str::to_string))
+                .and_then(|p| annotation(p, "id").map(str::to_string))
                 .unwrap_or_else(|| id.to_string())
         })
         .collect();
@@ -345,12 +355,11 @@ fn review_of(set: &PolicySet, permitting: &[PolicyId]) -> ReviewNeeded {
     for id in permitting {
         let Some(p) = set.policy(id) else { continue };
         if policy.is_empty() {
-            policy = p
-                .annotation("id")
+            policy = annotation(p, "id")
                 .map(str::to_string)
                 .unwrap_or_else(|| id.to_string());
         }
-        if let Some(groups) = p.annotation("approvers") {
+        if let Some(groups) = annotation(p, "approvers") {
             approvers.extend(
                 groups
                     .split(',')
@@ -358,15 +367,11 @@ fn review_of(set: &PolicySet, permitting: &[PolicyId]) -> ReviewNeeded {
                     .filter(|g| !g.is_empty()),
             );
         }
-        if let Some(n) = p
-            .annotation("approvals")
-            .and_then(|n| n.trim().parse::<u32>().ok())
-        {
+        if let Some(n) = annotation(p, "approvals").and_then(|n| n.trim().parse::<u32>().ok()) {
             approvals = approvals.max(n);
         }
-        if let Some(t) = p
-            .annotation("timeout")
-            .and_then(|t| humantime::parse_duration(t.trim()).ok())
+        if let Some(t) =
+            annotation(p, "timeout").and_then(|t| humantime::parse_duration(t.trim()).ok())
         {
             // Several policies: the shortest wait wins.
             timeout = Some(timeout.map_or(t, |old| old.min(t)));
