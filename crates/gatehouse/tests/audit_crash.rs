@@ -72,20 +72,11 @@ fn every_executed_statement_has_an_intent_record_after_kill_9() {
     let log_path = gw.dir.path().join("data/audit/audit.log");
 
     for (round, mode) in ["simple", "extended", "prepared"].into_iter().enumerate() {
-        let bench = Command::new("pgbench")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &gw.pg_port.to_string(),
-                "-U",
-                "agent",
-            ])
+        let bench = gw
+            .pgbench(&token)
             .args(["-n", "-c", "4", "-T", "60", "-M", mode, "-f"])
             .arg(&script)
             .arg("appdb")
-            .env("PGPASSWORD", &token)
-            .env("PGSSLMODE", "require")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -90,19 +90,10 @@ fn psql_works_without_tls_on_loopback_and_with_a_multi_statement_query() {
 }
 
 fn pgbench(gw: &Gateway, token: &str, args: &[&str]) -> String {
-    let out = Command::new("pgbench")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &gw.pg_port.to_string(),
-            "-U",
-            "agent",
-        ])
+    let out = gw
+        .pgbench(token)
         .args(args)
         .arg("appdb")
-        .env("PGPASSWORD", token)
-        .env("PGSSLMODE", "require")
         .output()
         .expect("pgbench is installed (apt-get install -y postgresql-contrib or postgresql)");
     let text = format!(

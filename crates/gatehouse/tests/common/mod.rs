@@ -582,6 +582,23 @@ password = "env:GH_TEST_WRONG_PASSWORD"
         )
     }
 
+    /// pgbench through the gateway as `token` (TLS required), before its own arguments and
+    /// the database name.
+    pub fn pgbench(&self, token: &str) -> Command {
+        let mut cmd = Command::new("pgbench");
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.pg_port.to_string(),
+            "-U",
+            "agent",
+        ])
+        .env("PGPASSWORD", token)
+        .env("PGSSLMODE", "require");
+        cmd
+    }
+
     /// Waits until the recorder has written what the CLI should show.
     pub fn wait_for<T>(&self, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
         let deadline = Instant::now() + Duration::from_secs(10);
