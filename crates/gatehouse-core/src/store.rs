@@ -24,11 +24,11 @@ pub enum StoreError {
     Corrupt(&'static str),
 }
 
-/// Ordered schema changes. Append only: a released migration is never edited.
 /// Rows per multi-row statement INSERT: 12 parameters each, well under SQLite's limit of
 /// 32,766 parameters per statement.
 const STATEMENT_ROWS_PER_INSERT: usize = 500;
 
+/// Ordered schema changes. Append only: a released migration is never edited.
 const MIGRATIONS: &[(i64, &str)] = &[
     (
         1,
