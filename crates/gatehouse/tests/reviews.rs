@@ -358,6 +358,16 @@ async fn two_of_two_approvers_timeout_cancel_and_abandonment() {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(count("held_b", "abandoned"), "0");
+    // The audit log tells it: created, then abandoned.
+    let audit = std::fs::read_to_string(gw.dir.path().join("data/audit/audit.log")).unwrap();
+    let kinds: Vec<String> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["data"]["review"] == id.as_str())
+        .map(|r| r["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds.first().map(String::as_str), Some("review.created"));
+    assert!(kinds.iter().any(|k| k == "review.abandoned"), "{kinds:?}");
 }
 
 fn exec(gw: &Gateway, token: &str, args: &[&str]) -> std::process::Output {
