@@ -69,6 +69,30 @@ fn append_rate(rt: &tokio::runtime::Runtime, durability: Durability, callers: us
     })
 }
 
+/// The floor under a strict append: the same bytes written and synced by the caller itself,
+/// with no hand-off to the writer thread and back.
+fn raw_sync_rate() -> Duration {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("raw.log"))
+        .expect("opens");
+    let params = Some(vec![Some("42".to_string())]);
+    let policies = vec!["agents-read".to_string()];
+    let mut buf = Vec::new();
+    let mut prev = GENESIS.to_string();
+    let started = Instant::now();
+    for i in 0..2000u64 {
+        buf.clear();
+        prev = encode_line(i + 1, 1, &intent(&params, &policies, i as i64), &prev, &mut buf);
+        file.write_all(&buf).expect("writes");
+        file.sync_data().expect("syncs");
+    }
+    started.elapsed() / 2000
+}
+
 fn main() {
     let params = Some(vec![Some("42".to_string())]);
     let policies = vec!["agents-read".to_string()];
@@ -106,6 +130,10 @@ fn main() {
         .enable_all()
         .build()
         .expect("a runtime");
+    println!(
+        "audit floor: {:.1} µs per record written and synced by the caller itself",
+        raw_sync_rate().as_secs_f64() * 1e6
+    );
     for (name, durability) in [
         ("strict", Durability::Strict),
         ("batched", Durability::Batched),
