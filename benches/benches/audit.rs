@@ -86,7 +86,13 @@ fn raw_sync_rate() -> Duration {
     let started = Instant::now();
     for i in 0..2000u64 {
         buf.clear();
-        prev = encode_line(i + 1, 1, &intent(&params, &policies, i as i64), &prev, &mut buf);
+        prev = encode_line(
+            i + 1,
+            1,
+            &intent(&params, &policies, i as i64),
+            &prev,
+            &mut buf,
+        );
         file.write_all(&buf).expect("writes");
         file.sync_data().expect("syncs");
     }
