@@ -34,6 +34,16 @@ impl FramePolicy for ClientPolicy {
     }
 }
 
+/// What the gateway concluded about a Parse's text: what it does, and why masking cannot
+/// follow it (if so). Both depend only on the text and the session's masking rules, so they
+/// are kept for the session: drivers re-Parse the same unnamed statement for every execution,
+/// and each conclusion costs a full parse.
+#[derive(Clone)]
+pub(super) struct Judged {
+    classification: Arc<Classification>,
+    masking_refusal: Option<String>,
+}
+
 /// A statement as parsed: its text and what it does (classified once, at Parse).
 #[derive(Clone)]
 pub(super) struct Prepared {
@@ -59,7 +69,7 @@ pub(super) struct ClientToServer<R, W> {
     pub(super) sql_prepared: HashMap<String, Statement>,
     /// Classifications of statement texts seen in this session. Drivers re-Parse the same
     /// unnamed statement for every execution; classification is a pure function of the text.
-    pub(super) classified: HashMap<Arc<str>, Arc<Classification>>,
+    pub(super) classified: HashMap<Arc<str>, Judged>,
     pub(super) seq: i64,
     pub(super) poison: Arc<str>,
     pub(super) policy: ClientPolicy,
@@ -351,8 +361,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
             b'P' => match wire::parse_parse(body) {
                 Ok((name, query)) => {
                     // Classified once here; enforced at every Execute of this statement.
-                    let classified = self.classify_cached(query);
-                    let classification = self.resolve_sql_prepared(classified);
+                    let judged = self.judge_cached(query);
+                    let classification = self.resolve_sql_prepared(judged.classification);
                     self.remember_sql_prepared(&classification);
                     let prepared = Prepared {
                         text: query.into(),
@@ -374,17 +384,15 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                                 GatewayError::error("42601", message),
                             ))
                         }
-                        Classification::Statements { .. } => {
-                            self.masking_refusal(query).map(|reason| {
-                                (
-                                    Decision::deny("gatehouse.masking", reason.clone()),
-                                    GatewayError::error(
-                                        "42501",
-                                        format!("Gatehouse refused this statement: {reason}"),
-                                    ),
-                                )
-                            })
-                        }
+                        Classification::Statements { .. } => judged.masking_refusal.map(|reason| {
+                            (
+                                Decision::deny("gatehouse.masking", reason.clone()),
+                                GatewayError::error(
+                                    "42501",
+                                    format!("Gatehouse refused this statement: {reason}"),
+                                ),
+                            )
+                        }),
                     };
                     // A statement the gateway refuses never reaches the server; any previous
                     // statement of that name is gone, as the server would have replaced it.
@@ -549,22 +557,30 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
         inflight
     }
 
-    /// Classifies a Parse's text, remembering the result for the rest of the session: drivers
-    /// re-Parse the same unnamed statement for every execution.
-    fn classify_cached(&mut self, text: &str) -> Arc<Classification> {
+    /// Classifies a Parse's text and runs the masking check on it, remembering both for the
+    /// rest of the session (see [`Judged`]).
+    fn judge_cached(&mut self, text: &str) -> Judged {
         const MAX_CACHED: usize = 512;
         const MAX_CACHED_TEXT: usize = 4096;
-        if let Some(c) = self.classified.get(text) {
-            return c.clone();
+        if let Some(judged) = self.classified.get(text) {
+            return judged.clone();
         }
-        let c = Arc::new(gatehouse_pgsql::classify(text));
+        let classification = Arc::new(gatehouse_pgsql::classify(text));
+        let masking_refusal = match &*classification {
+            Classification::Statements { .. } => self.masking_refusal(text),
+            Classification::Refused { .. } => None,
+        };
+        let judged = Judged {
+            classification,
+            masking_refusal,
+        };
         if text.len() <= MAX_CACHED_TEXT {
             if self.classified.len() >= MAX_CACHED {
                 self.classified.clear();
             }
-            self.classified.insert(text.into(), c.clone());
+            self.classified.insert(text.into(), judged.clone());
         }
-        c
+        judged
     }
 
     /// SQL-level `EXECUTE name` is judged as the statement `PREPARE name` held (an EXECUTE of
