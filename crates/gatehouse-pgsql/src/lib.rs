@@ -43,10 +43,36 @@ const VAR_RESET_ALL: i64 = 6;
 
 /// Classifies SQL text that may hold several statements.
 pub fn classify(sql: &str) -> Classification {
-    let parsed = match pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
-        Ok(p) => p,
-        Err(e) => return Classification::refused(format!("the statement cannot be parsed: {e}")),
-    };
+    match pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
+        Ok(parsed) => classify_parsed(&parsed),
+        Err(e) => Classification::refused(format!("the statement cannot be parsed: {e}")),
+    }
+}
+
+/// [`classify`] and [`masking::check`] on one parse of `sql`: the simple protocol's texts
+/// carry their literals and rarely repeat, so nothing is cached for them and each parse
+/// counts. A text that cannot be parsed is refused by its classification.
+pub fn classify_and_check(
+    sql: &str,
+    masked: &[masking::MaskedRelation],
+) -> (Classification, Result<(), String>) {
+    match pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
+        Ok(parsed) => {
+            let classification = classify_parsed(&parsed);
+            let checked = match &classification {
+                Classification::Statements { .. } => masking::check_parsed(&parsed, masked),
+                Classification::Refused { .. } => Ok(()),
+            };
+            (classification, checked)
+        }
+        Err(e) => (
+            Classification::refused(format!("the statement cannot be parsed: {e}")),
+            Ok(()),
+        ),
+    }
+}
+
+fn classify_parsed(parsed: &pg_query::ParseResult) -> Classification {
     let mut statements = Vec::new();
     for raw in &parsed.protobuf.stmts {
         let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {

@@ -319,13 +319,19 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                     Err(e) => return Err(self.fatal(e)),
                 };
                 // Not cached: simple queries usually carry their literals, so texts rarely repeat.
-                let classified = Arc::new(gatehouse_pgsql::classify(text));
+                // One parse serves the classification and the masking check.
+                let (classified, checked) = match self.masking.as_ref() {
+                    Some(m) if !m.relations.is_empty() => {
+                        gatehouse_pgsql::classify_and_check(text, &m.relations)
+                    }
+                    _ => (gatehouse_pgsql::classify(text), Ok(())),
+                };
                 let start = CommandStart {
                     text: text.into(),
                     params: None,
-                    classification: Some(self.resolve_sql_prepared(classified)),
+                    classification: Some(self.resolve_sql_prepared(Arc::new(classified))),
                 };
-                if let Some(reason) = self.masking_refusal(text) {
+                if let Err(reason) = checked {
                     let decision = Decision::deny("gatehouse.masking", reason.clone());
                     let error = GatewayError::error(
                         "42501",
