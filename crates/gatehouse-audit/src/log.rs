@@ -324,9 +324,8 @@ impl Writer {
         // Batched mode syncs every batch (its window is the loss window); strict mode syncs
         // when someone waits, which also covers records written before without a sync.
         let sync = !self.window.is_zero() || !replies.is_empty();
-        let written = self
-            .file
-            .write_all(&text)
+        let written = fault::check()
+            .and_then(|_| self.file.write_all(&text))
             .and_then(|_| if sync { self.file.sync_data() } else { Ok(()) });
         // The buffer is kept for the next batch: no allocation per batch once warm.
         self.buf = text;
@@ -392,6 +391,27 @@ impl Writer {
                 "public_key": hex::encode(self.key.public_key().as_ref()),
             }),
         )
+    }
+}
+
+/// Fault injection for tests of what the gateway does when its audit log cannot be written
+/// (a full or failing disk): with the `fault-injection` feature, writes fail while the file
+/// named by `GATEHOUSE_FAULT_AUDIT_WRITES` exists. Without the feature this is a no-op.
+mod fault {
+    #[cfg(feature = "fault-injection")]
+    pub(super) fn check() -> std::io::Result<()> {
+        match std::env::var_os("GATEHOUSE_FAULT_AUDIT_WRITES") {
+            Some(path) if std::path::Path::new(&path).exists() => Err(std::io::Error::other(
+                "injected fault: audit writes fail (GATEHOUSE_FAULT_AUDIT_WRITES)",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    #[inline(always)]
+    pub(super) fn check() -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -27,7 +27,7 @@ const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(5);
 /// Why a record could not be accepted.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(
-    "the gateway cannot record commands right now (its store is failing); the command was not run"
+    "the gateway cannot record commands right now (its store or its audit log is failing; an administrator should check the gateway's log), so nothing was run"
 )]
 pub struct RecordError;
 

@@ -146,3 +146,75 @@ fn the_audit_log_records_actions_and_detects_tampering() {
         "{out:?}"
     );
 }
+
+/// Fail closed: when the audit log cannot be written (a full or failing disk, injected here),
+/// the statement is not run, the session ends with a clear error, and new sessions are refused
+/// until the gateway is restarted; the log on disk stays intact.
+#[tokio::test]
+async fn a_gateway_that_cannot_write_its_audit_log_runs_nothing() {
+    common::cluster().psql_direct(
+        "app",
+        common::APP_PASSWORD,
+        "appdb",
+        "DROP TABLE IF EXISTS audit_fault; CREATE TABLE audit_fault (id int)",
+    );
+    let mut gw = Gateway::start();
+    let token = gw.token("faulty", &["agents"]);
+    let client = common::connect(&gw, "appdb", &token).await;
+    client
+        .simple_query("insert into audit_fault values (1)")
+        .await
+        .unwrap();
+
+    let fault = gw.dir.path().join(common::AUDIT_FAULT_FILE);
+    std::fs::write(&fault, "").unwrap();
+    let err = client
+        .simple_query("insert into audit_fault values (2)")
+        .await
+        .expect_err("no statement runs without its audit record");
+    let db = err.as_db_error().expect("an error from the gateway");
+    assert_eq!(db.code().code(), "58000", "{err}");
+    assert!(db.message().contains("cannot write its audit log"), "{err}");
+    assert!(client.is_closed() || client.simple_query("select 1").await.is_err());
+
+    // New sessions are refused too, with a message that says why.
+    let (ok, _, stderr) = gw.psql(
+        &token,
+        "appdb",
+        &["-c", "insert into audit_fault values (3)"],
+        None,
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("record") || stderr.contains("audit"),
+        "{stderr}"
+    );
+    let rows = common::cluster().psql_direct(
+        "app",
+        common::APP_PASSWORD,
+        "appdb",
+        "SELECT string_agg(id::text, ',' ORDER BY id) FROM audit_fault",
+    );
+    assert_eq!(
+        rows, "1",
+        "only the statement recorded before the fault ran"
+    );
+
+    // Fixed and restarted: the log verifies and the gateway works again.
+    std::fs::remove_file(&fault).unwrap();
+    gw.restart();
+    let data = gw.dir.path().join("data");
+    let out = gatehouse(&["audit", "verify", "--data-dir", data.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let (ok, _, err) = gw.psql(
+        &token,
+        "appdb",
+        &["-c", "insert into audit_fault values (4)"],
+        None,
+    );
+    assert!(ok, "{err}");
+}

@@ -635,6 +635,9 @@ impl Drop for Gateway {
     }
 }
 
+/// While this file exists in a gateway's directory, its audit writes fail.
+pub const AUDIT_FAULT_FILE: &str = "fault-audit-writes";
+
 /// Starts `gatehouse serve` on `dir/gatehouse.toml`, logging (appending) to `dir/gateway.log`.
 fn spawn_gateway(dir: &std::path::Path) -> Child {
     let log = std::fs::OpenOptions::new()
@@ -649,6 +652,9 @@ fn spawn_gateway(dir: &std::path::Path) -> Child {
         .env("GH_TEST_APPDB_PASSWORD", APP_PASSWORD)
         .env("GH_TEST_WRONG_PASSWORD", "not-the-password")
         .env("GATEHOUSE_LOG", "debug")
+        // Audit writes fail while this file exists (tests build the gateway with the audit
+        // crate's `fault-injection` feature).
+        .env("GATEHOUSE_FAULT_AUDIT_WRITES", dir.join(AUDIT_FAULT_FILE))
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
