@@ -43,8 +43,13 @@ impl Event {
         Event {
             kind,
             actor: actor.map(str::to_string),
-            // Serializing plain data (strings, numbers, maps with string keys) cannot fail.
-            data: serde_json::to_string(data).unwrap_or_else(|_| "null".into()),
+            // Serializing plain data (strings, numbers, maps with string keys) cannot fail; if
+            // a new record type ever could, the record still says what happened, and why its
+            // details are missing.
+            data: serde_json::to_string(data).unwrap_or_else(|e| {
+                tracing::error!(kind, error = %e, "an audit record's details cannot be encoded");
+                serde_json::json!({ "unencodable": e.to_string() }).to_string()
+            }),
         }
     }
 

@@ -172,15 +172,21 @@ impl ResultExcerpt {
     /// `value` as kept: cut at a character boundary (counted in `values_cut`) when longer than
     /// [`ResultExcerpt::MAX_VALUE_BYTES`].
     pub fn keep(&mut self, value: &str) -> String {
-        if value.len() <= Self::MAX_VALUE_BYTES {
-            return value.to_string();
+        let (kept, cut) = Self::cut(value);
+        self.values_cut += u64::from(cut);
+        kept
+    }
+
+    /// `text` bounded to [`ResultExcerpt::MAX_VALUE_BYTES`], and whether it was cut.
+    pub fn cut(text: &str) -> (String, bool) {
+        if text.len() <= Self::MAX_VALUE_BYTES {
+            return (text.to_string(), false);
         }
-        self.values_cut += 1;
-        let mut cut = Self::MAX_VALUE_BYTES;
-        while !value.is_char_boundary(cut) {
-            cut -= 1;
+        let mut end = Self::MAX_VALUE_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
         }
-        format!("{}…", &value[..cut])
+        (format!("{}…", &text[..end]), true)
     }
 }
 
@@ -311,6 +317,7 @@ impl Pipeline {
                     RecordError
                 })?;
         }
+        let principal: Arc<str> = row.principal.as_str().into();
         self.recorder
             .record(Record::SessionOpened(Box::new(row)))
             .await?;
@@ -318,6 +325,7 @@ impl Pipeline {
             .authorizer
             .session_state(&start.identity, &start.connection);
         Ok(SessionHandle {
+            principal,
             id,
             authenticator: self.authenticator.clone(),
             authorizer_state,
@@ -337,6 +345,9 @@ impl Pipeline {
 #[derive(Clone)]
 pub struct SessionHandle {
     id: Arc<str>,
+    /// The identity's principal key, formatted once: every audit record of the session
+    /// carries it.
+    principal: Arc<str>,
     authenticator: Authenticator,
     authorizer_state: Option<Arc<dyn Any + Send + Sync>>,
     protocol: &'static str,
@@ -438,7 +449,7 @@ impl SessionHandle {
         };
         let event = gatehouse_audit::Event::typed(
             "statement.intent",
-            Some(&self.identity.principal()),
+            Some(&self.principal),
             &IntentRecord {
                 session: &self.id,
                 seq: command.seq,
@@ -463,7 +474,7 @@ impl SessionHandle {
         if let Some(audit) = &self.audit {
             audit.append_detached(gatehouse_audit::Event::typed(
                 "statement.outcome",
-                Some(&self.identity.principal()),
+                Some(&self.principal),
                 &OutcomeRecord {
                     session: &self.id,
                     seq: command.seq,
@@ -506,7 +517,7 @@ impl SessionHandle {
             && let Err(e) = audit
                 .append(gatehouse_audit::Event::new(
                     "session.closed",
-                    Some(&self.identity.principal()),
+                    Some(&self.principal),
                     serde_json::json!({ "session": &*self.id, "reason": reason }),
                 ))
                 .await

@@ -47,8 +47,7 @@ impl ExcerptBuilder {
             // Table OID, attribute number, type OID, size, modifier.
             r.bytes(4 + 2 + 4 + 2 + 4)?;
             self.binary.push(r.i16()? == 1);
-            let name = excerpt.keep(name);
-            excerpt.columns.push(name);
+            excerpt.columns.push(ResultExcerpt::cut(name).0);
         }
         self.current = Some(excerpt);
         Ok(())
