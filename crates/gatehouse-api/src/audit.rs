@@ -82,16 +82,9 @@ async fn records(
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let path = state.audit.dir().join(gatehouse_audit::LOG_FILE);
     let records = blocking(move || {
-        use std::io::BufRead;
-        let file = std::fs::File::open(&path).map_err(ApiError::internal)?;
+        let mut reader = gatehouse_audit::LogReader::open(&path).map_err(ApiError::internal)?;
         let mut out = Vec::new();
-        for line in std::io::BufReader::new(file).lines() {
-            let line = line.map_err(ApiError::internal)?;
-            let record: gatehouse_audit::Record = serde_json::from_str(&line).map_err(|_| {
-                ApiError::internal(
-                    "the audit log holds a damaged record; run `gatehouse audit verify`",
-                )
-            })?;
+        while let Some((_, record)) = reader.next_record().map_err(ApiError::internal)? {
             if record.seq >= since {
                 out.push(record);
                 if out.len() == limit {

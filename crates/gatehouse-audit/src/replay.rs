@@ -2,12 +2,12 @@
 //! shows. Reads the log (or a copy of it) from the start; it does not check the chain, which
 //! is `verify`'s job.
 
-use std::io::BufRead;
 use std::path::Path;
 
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::read::{LogReader, ReadError};
 use crate::record::Record;
 
 /// A session as the audit log tells it.
@@ -32,29 +32,26 @@ pub struct TimelineEvent {
     pub data: Value,
 }
 
-/// Why a replay could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum ReplayError {
-    #[error("cannot read the audit log: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("line {0} of the audit log is not a record; run `gatehouse audit verify`")]
-    Damaged(u64),
-}
-
 /// The records of session `id` in the log at `path`: those that name it, and those about the
 /// reviews of its statements (votes, their results, expiry). `None` when the log has none.
-pub fn session_timeline(path: &Path, id: &str) -> Result<Option<Timeline>, ReplayError> {
-    let file = std::fs::File::open(path)?;
+pub fn session_timeline(path: &Path, id: &str) -> Result<Option<Timeline>, ReadError> {
+    let mut reader = LogReader::open(path)?;
     let mut reviews: Vec<String> = Vec::new();
     let mut events = Vec::new();
-    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line?;
+    while let Some(line) = reader.next_line()? {
+        if !line.complete {
+            // A record being written as we read; recovery cuts it after a crash.
+            break;
+        }
+        let damaged = ReadError::Damaged(line.number);
+        let Ok(text) = std::str::from_utf8(line.bytes) else {
+            return Err(damaged);
+        };
         // Most records are about other sessions: a substring test before parsing skips them.
-        if !line.contains(id) && !reviews.iter().any(|r| line.contains(r.as_str())) {
+        if !text.contains(id) && !reviews.iter().any(|r| text.contains(r.as_str())) {
             continue;
         }
-        let record: Record =
-            serde_json::from_str(&line).map_err(|_| ReplayError::Damaged(n as u64 + 1))?;
+        let record: Record = serde_json::from_str(text).map_err(|_| damaged)?;
         let data = &record.data;
         let ours = data["session"].as_str() == Some(id)
             || data["review"]
@@ -128,6 +125,8 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
+        // As a running gateway leaves it: the preallocated region after the records.
+        text.resize(text.len() + 4096, 0);
         std::fs::write(&path, text).unwrap();
         let t = session_timeline(&path, "s_1").unwrap().unwrap();
         let kinds: Vec<_> = t.events.iter().map(|e| e.kind.as_str()).collect();

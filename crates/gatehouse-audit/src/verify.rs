@@ -3,13 +3,13 @@
 //! kept elsewhere is still part of the log (which catches truncation and rewriting of
 //! everything after the last checkpoint kept in the file).
 
-use std::io::BufRead;
 use std::path::Path;
 
 use ring::signature::{ED25519, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 
 use crate::log::checkpoint_message;
+use crate::read::LogReader;
 use crate::record::{GENESIS, Record, line_hash};
 
 /// A checkpoint as exported, to be kept off the gateway host.
@@ -45,7 +45,7 @@ pub fn verify_file(
     public_key: &str,
     anchor: Option<&ExportedCheckpoint>,
 ) -> std::io::Result<Verification> {
-    let file = std::fs::File::open(path)?;
+    let mut reader = LogReader::open(path)?;
     let key_bytes = hex::decode(public_key.trim()).unwrap_or_default();
     let key = UnparsedPublicKey::new(&ED25519, key_bytes);
     let mut v = Verification {
@@ -60,23 +60,20 @@ pub fn verify_file(
     let fail = |v: &mut Verification, line: u64, message: String| {
         v.problem = Some(Problem { line, message });
     };
-    let mut reader = std::io::BufReader::new(file);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        if reader.read_until(b'\n', &mut buf)? == 0 {
-            break;
-        }
-        line_no += 1;
-        if !buf.ends_with(b"\n") {
-            fail(
-                &mut v,
-                line_no,
-                "the last record is cut off (torn write)".into(),
-            );
+    while let Some(line) = reader.next_line()? {
+        line_no = line.number;
+        if !line.complete {
+            let message = match reader.rest_is_zero()? {
+                None => "the last record is cut off (torn write)".to_string(),
+                Some(at) => format!(
+                    "record {} is cut off by a zero byte, and data follows at byte {at} (the log was damaged)",
+                    hashes.len() + 1
+                ),
+            };
+            fail(&mut v, line_no, message);
             return Ok(v);
         }
-        let record: Record = match serde_json::from_slice(&buf[..buf.len() - 1]) {
+        let record: Record = match serde_json::from_slice(line.bytes) {
             Ok(r) => r,
             Err(e) => {
                 fail(&mut v, line_no, format!("not a valid record: {e}"));
@@ -106,8 +103,7 @@ pub fn verify_file(
             );
             return Ok(v);
         }
-        let line = &buf[..buf.len() - 1];
-        if line_hash(line)
+        if line_hash(line.bytes)
             .is_none_or(|(computed, claimed)| computed != claimed || claimed != record.hash)
         {
             fail(
@@ -156,6 +152,19 @@ pub fn verify_file(
         hashes.push(record.hash);
         v.records += 1;
     }
+    // After the records only the zeros of the preallocated region may follow: a zero byte
+    // written into the middle of the log must not hide the records after it.
+    if let Some(at) = reader.rest_is_zero()? {
+        fail(
+            &mut v,
+            line_no + 1,
+            format!(
+                "the records end at byte {} but data follows at byte {at} (the log was damaged, or a crash left unsynced data there, which the gateway moves aside when it starts)",
+                reader.position()
+            ),
+        );
+        return Ok(v);
+    }
     if let Some(a) = anchor {
         let sig = hex::decode(&a.signature).unwrap_or_default();
         if key
@@ -202,10 +211,10 @@ pub fn verify_file(
 
 /// The last checkpoint in the log, for export.
 pub fn last_checkpoint(path: &Path) -> std::io::Result<Option<ExportedCheckpoint>> {
-    let reader = std::io::BufReader::new(std::fs::File::open(path)?);
+    let mut reader = LogReader::open(path)?;
     let mut last = None;
-    for line in reader.lines() {
-        let Ok(record) = serde_json::from_str::<Record>(&line?) else {
+    while let Some(line) = reader.next_line()? {
+        let Ok(record) = serde_json::from_slice::<Record>(line.bytes) else {
             continue;
         };
         if record.kind == "audit.checkpoint" {

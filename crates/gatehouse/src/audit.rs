@@ -1,7 +1,6 @@
 //! `gatehouse audit`: verify the audit log, export it for a SIEM, export a checkpoint to keep
 //! off the gateway host. Works offline on the data directory.
 
-use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -71,14 +70,10 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
         } => {
             let since = since.as_deref().map(parse_since).transpose()?;
             let dir = audit_dir(&target)?;
-            let file = std::fs::File::open(dir.join(gatehouse_audit::LOG_FILE))
+            let mut reader = gatehouse_audit::LogReader::open(&dir.join(gatehouse_audit::LOG_FILE))
                 .with_context(|| format!("no audit log in {}", dir.display()))?;
             let mut out = std::io::stdout().lock();
-            for line in std::io::BufReader::new(file).lines() {
-                let line = line?;
-                let record: gatehouse_audit::Record = serde_json::from_str(&line).context(
-                    "the audit log holds a damaged record; run `gatehouse audit verify`",
-                )?;
+            while let Some((line, record)) = reader.next_record()? {
                 let wanted = match since {
                     None => true,
                     Some(Since::Seq(s)) => record.seq >= s,
@@ -86,7 +81,8 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 };
                 if wanted {
                     use std::io::Write;
-                    writeln!(out, "{line}")?;
+                    out.write_all(line.bytes)?;
+                    out.write_all(b"\n")?;
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -191,8 +191,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         r = pg => anyhow::bail!("the PostgreSQL listener stopped: {r:?}"),
         r = api => anyhow::bail!("the API listener stopped: {r:?}"),
     }
-    // Give the recorder a moment to commit what it has queued.
+    // Give the recorder a moment to commit what it has queued, then close the audit log
+    // (a last signed checkpoint, and the file cut back to its last record).
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    audit.close().await;
     Ok(())
 }
 

@@ -359,10 +359,9 @@ async fn two_of_two_approvers_timeout_cancel_and_abandonment() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(count("held_b", "abandoned"), "0");
     // The audit log tells it: created, then abandoned.
-    let audit = std::fs::read_to_string(gw.dir.path().join("data/audit/audit.log")).unwrap();
-    let kinds: Vec<String> = audit
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+    let kinds: Vec<String> = gw
+        .audit_records()
+        .into_iter()
         .filter(|r| r["data"]["review"] == id.as_str())
         .map(|r| r["kind"].as_str().unwrap().to_string())
         .collect();

@@ -452,6 +452,28 @@ password = "env:GH_TEST_WRONG_PASSWORD"
         let _ = self.child.wait();
     }
 
+    /// The audit log's records, read as the gateway reads them (a running gateway keeps
+    /// zeros preallocated after the last one).
+    pub fn audit_records(&self) -> Vec<serde_json::Value> {
+        let path = self.dir.path().join("data/audit/audit.log");
+        let mut reader = gatehouse_audit::LogReader::open(&path).unwrap();
+        let mut out = Vec::new();
+        while let Some((line, _)) = reader.next_record().unwrap() {
+            out.push(serde_json::from_slice(line.bytes).unwrap());
+        }
+        out
+    }
+
+    /// Stops the gateway as a service manager does (SIGTERM) and waits for it to exit.
+    pub fn stop(&mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill(1) is installed (procps)");
+        assert!(status.success(), "could not signal the gateway");
+        let _ = self.child.wait();
+    }
+
     /// Starts the gateway again on the same config and data after [`Gateway::kill`].
     pub fn start_again(&mut self) {
         let _ = std::fs::remove_file(self.dir.path().join("data/listen.json"));
