@@ -49,27 +49,45 @@ pub fn classify(sql: &str) -> Classification {
     }
 }
 
-/// [`classify`] and [`masking::check`] on one parse of `sql`: the simple protocol's texts
-/// carry their literals and rarely repeat, so nothing is cached for them and each parse
-/// counts. A text that cannot be parsed is refused by its classification.
+/// [`classify`] and [`masking::check`] on one parse and one walk of `sql`: the simple
+/// protocol's texts carry their literals and rarely repeat, so nothing is cached for them and
+/// each pass over the tree counts. A text that cannot be parsed is refused by its
+/// classification.
 pub fn classify_and_check(
     sql: &str,
     masked: &[masking::MaskedRelation],
 ) -> (Classification, Result<(), String>) {
-    match pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
-        Ok(parsed) => {
-            let classification = classify_parsed(&parsed);
-            let checked = match &classification {
-                Classification::Statements { .. } => masking::check_parsed(&parsed, masked),
-                Classification::Refused { .. } => Ok(()),
-            };
-            (classification, checked)
+    let parsed = match pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            return (
+                Classification::refused(format!("the statement cannot be parsed: {e}")),
+                Ok(()),
+            );
         }
-        Err(e) => (
-            Classification::refused(format!("the statement cannot be parsed: {e}")),
-            Ok(()),
-        ),
+    };
+    if masked.is_empty() {
+        return (classify_parsed(&parsed), Ok(()));
     }
+    let mut statements = Vec::new();
+    let mut checked = Ok(());
+    for raw in &parsed.protobuf.stmts {
+        let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
+            return (
+                Classification::refused("a statement has an empty parse tree"),
+                Ok(()),
+            );
+        };
+        let mut facts = masking::MaskFacts::default();
+        match stream::classify_statement_for_masking(node, &mut facts) {
+            Ok(s) => statements.push(s),
+            Err(reason) => return (Classification::refused(reason), Ok(())),
+        }
+        if checked.is_ok() {
+            checked = masking::check_facts(&facts, masked);
+        }
+    }
+    (Classification::Statements { statements }, checked)
 }
 
 fn classify_parsed(parsed: &pg_query::ParseResult) -> Classification {

@@ -26,17 +26,75 @@ pub fn check(sql: &str, masked: &[MaskedRelation]) -> Result<(), String> {
     }
     let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT)
         .map_err(|e| format!("the statement cannot be parsed: {e}"))?;
-    check_parsed(&parsed, masked)
+    for raw in &parsed.protobuf.stmts {
+        let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
+            return Err("a statement has an empty parse tree".into());
+        };
+        let mut facts = MaskFacts::default();
+        crate::stream::classify_statement_for_masking(node, &mut facts)?;
+        check_facts(&facts, masked)?;
+    }
+    Ok(())
 }
 
-/// [`check`] on a parse already made.
-pub fn check_parsed(
-    parsed: &pg_query::ParseResult,
-    masked: &[MaskedRelation],
-) -> Result<(), String> {
+/// What the masking check needs to know of one statement, collected by the classifier's walk
+/// of its parse tree (one walk serves both).
+#[derive(Debug, Default)]
+pub(crate) struct MaskFacts {
+    /// The statement's node type (`SelectStmt`, `CopyStmt`, ...).
+    pub(crate) statement: &'static str,
+    /// The statement is a `SELECT ... INTO`.
+    pub(crate) select_into: bool,
+    /// Every relation it names, anywhere (subqueries, CTEs, COPY, DML targets).
+    pub(crate) relations: Vec<RelationRef>,
+    /// Every column reference (name parts, `None` for `*`), and whether it is a plain entry
+    /// of the statement's own SELECT list.
+    pub(crate) column_refs: Vec<(Vec<Option<String>>, bool)>,
+}
+
+/// A relation named in a statement, in lower case.
+#[derive(Debug)]
+pub(crate) struct RelationRef {
+    pub(crate) schema: String,
+    pub(crate) table: String,
+    pub(crate) alias: Option<String>,
+}
+
+/// The masking check of one statement from its facts.
+pub(crate) fn check_facts(facts: &MaskFacts, masked: &[MaskedRelation]) -> Result<(), String> {
+    let mut scope = Scope {
+        columns: Vec::new(),
+        qualifiers: Vec::new(),
+        example: String::new(),
+    };
+    for r in &facts.relations {
+        scope.add(&r.schema, &r.table, r.alias.as_deref(), masked);
+    }
+    if scope.qualifiers.is_empty() {
+        return Ok(());
+    }
+    match facts.statement {
+        "SelectStmt" if !facts.select_into => {}
+        "SelectStmt" | "CreateTableAsStmt" | "CopyStmt" | "DeclareCursorStmt" => {
+            return Err(not_followed(facts.statement, &scope));
+        }
+        _ => {}
+    }
+    facts
+        .column_refs
+        .iter()
+        .try_for_each(|(fields, top_level)| column_ref(fields, *top_level, &scope))
+}
+
+/// The same check through a `serde_json::Value` of the whole tree: slower, simpler, and kept
+/// as the reference the check on the classifier's walk is tested against.
+#[doc(hidden)]
+pub fn check_reference(sql: &str, masked: &[MaskedRelation]) -> Result<(), String> {
     if masked.is_empty() {
         return Ok(());
     }
+    let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT)
+        .map_err(|e| format!("the statement cannot be parsed: {e}"))?;
     let tree = serde_json::to_value(&parsed.protobuf)
         .map_err(|_| "the statement's parse tree cannot be read".to_string())?;
     for raw in tree["stmts"]
@@ -59,6 +117,32 @@ struct Scope {
     example: String,
 }
 
+impl Scope {
+    /// Takes in a relation the statement names, if it has masked columns.
+    fn add(&mut self, schema: &str, table: &str, alias: Option<&str>, masked: &[MaskedRelation]) {
+        for m in masked {
+            if m.table == table && (schema.is_empty() || m.schema == schema) {
+                if self.example.is_empty() {
+                    self.example = format!("{}.{}", m.schema, m.table);
+                }
+                self.columns.extend(m.columns.iter().cloned());
+                self.qualifiers.push(table.to_string());
+                if let Some(alias) = alias {
+                    self.qualifiers.push(alias.to_string());
+                }
+            }
+        }
+    }
+}
+
+fn not_followed(kind: &str, scope: &Scope) -> String {
+    format!(
+        "{} reads {} in a way masking cannot follow (copied, stored or read through a cursor); select its masked columns directly instead",
+        statement_name(kind),
+        scope.example
+    )
+}
+
 fn check_statement(stmt: &Value, masked: &[MaskedRelation]) -> Result<(), String> {
     let mut scope = Scope {
         columns: Vec::new(),
@@ -79,7 +163,7 @@ fn check_statement(stmt: &Value, masked: &[MaskedRelation]) -> Result<(), String
                     for target in value.as_array().map(Vec::as_slice).unwrap_or_default() {
                         match node(target) {
                             Some(("ResTarget", t)) => match node(&t["val"]) {
-                                Some(("ColumnRef", c)) => column_ref(c, true, &scope)?,
+                                Some(("ColumnRef", c)) => column_ref_value(c, true, &scope)?,
                                 _ => walk(&t["val"], &scope)?,
                             },
                             _ => walk(target, &scope)?,
@@ -91,11 +175,9 @@ fn check_statement(stmt: &Value, masked: &[MaskedRelation]) -> Result<(), String
             }
             Ok(())
         }
-        "SelectStmt" | "CreateTableAsStmt" | "CopyStmt" | "DeclareCursorStmt" => Err(format!(
-            "{} reads {} in a way masking cannot follow (copied, stored or read through a cursor); select its masked columns directly instead",
-            statement_name(kind),
-            scope.example
-        )),
+        "SelectStmt" | "CreateTableAsStmt" | "CopyStmt" | "DeclareCursorStmt" => {
+            Err(not_followed(kind, &scope))
+        }
         _ => walk(body, &scope),
     }
 }
@@ -114,7 +196,7 @@ fn walk(v: &Value, scope: &Scope) -> Result<(), String> {
     match v {
         Value::Object(map) => {
             if let Some(c) = map.get("ColumnRef") {
-                return column_ref(c, false, scope);
+                return column_ref_value(c, false, scope);
             }
             for value in map.values() {
                 walk(value, scope)?;
@@ -126,7 +208,7 @@ fn walk(v: &Value, scope: &Scope) -> Result<(), String> {
     }
 }
 
-fn column_ref(c: &Value, top_level: bool, scope: &Scope) -> Result<(), String> {
+fn column_ref_value(c: &Value, top_level: bool, scope: &Scope) -> Result<(), String> {
     let fields: Vec<Option<String>> = c["fields"]
         .as_array()
         .map(Vec::as_slice)
@@ -137,16 +219,19 @@ fn column_ref(c: &Value, top_level: bool, scope: &Scope) -> Result<(), String> {
             _ => None, // AStar
         })
         .collect();
+    column_ref(&fields, top_level, scope)
+}
+
+/// One column reference (its name parts, `None` for `*`) against the masked columns in scope.
+fn column_ref(fields: &[Option<String>], top_level: bool, scope: &Scope) -> Result<(), String> {
     let Some(last) = fields.last() else {
         return Ok(());
     };
     match last {
         None => {
             // `*` or `t.*`: fine as a top-level entry (each column keeps its origin).
-            let qualifier = fields.len().checked_sub(2).and_then(|i| fields[i].clone());
-            let touches = qualifier
-                .as_ref()
-                .is_none_or(|q| scope.qualifiers.contains(q));
+            let qualifier = fields.len().checked_sub(2).and_then(|i| fields[i].as_ref());
+            let touches = qualifier.is_none_or(|q| scope.qualifiers.contains(q));
             if touches && !top_level {
                 return Err(format!(
                     "`*` over {} is used inside an expression; masked columns may only be selected as they are",
@@ -184,18 +269,8 @@ fn collect_relations(v: &Value, masked: &[MaskedRelation], scope: &mut Scope) {
             if let Some(r) = range_var {
                 let schema = r["schemaname"].as_str().unwrap_or_default().to_lowercase();
                 let table = r["relname"].as_str().unwrap_or_default().to_lowercase();
-                for m in masked {
-                    if m.table == table && (schema.is_empty() || m.schema == schema) {
-                        if scope.example.is_empty() {
-                            scope.example = format!("{}.{}", m.schema, m.table);
-                        }
-                        scope.columns.extend(m.columns.iter().cloned());
-                        scope.qualifiers.push(table.clone());
-                        if let Some(alias) = r["alias"]["aliasname"].as_str() {
-                            scope.qualifiers.push(alias.to_lowercase());
-                        }
-                    }
-                }
+                let alias = r["alias"]["aliasname"].as_str().map(str::to_lowercase);
+                scope.add(&schema, &table, alias.as_deref(), masked);
             }
             for value in map.values() {
                 collect_relations(value, masked, scope);
@@ -264,6 +339,7 @@ mod tests {
             "INSERT INTO users (id, ssn) VALUES (1, '123')",
         ] {
             assert_eq!(check(ok, &m), Ok(()), "{ok}");
+            assert_eq!(check_reference(ok, &m), Ok(()), "{ok}");
         }
         for bad in [
             "SELECT ssn::text FROM users",                     // 48
@@ -291,6 +367,7 @@ mod tests {
             "SELECT ssn FROM users; SELECT lower(ssn) FROM users",
         ] {
             assert!(check(bad, &m).is_err(), "{bad} was allowed");
+            assert!(check_reference(bad, &m).is_err(), "{bad} was allowed");
         }
         let reason = check("SELECT upper(ssn) FROM users", &m).unwrap_err();
         assert!(reason.contains("\"ssn\" is masked"), "{reason}");

@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde::ser::{self, Impossible};
 
 use crate::body::Body;
+use crate::masking::{MaskFacts, RelationRef};
 use crate::{Findings, statement_kind, unknown_statement, visit};
 
 /// Node types whose scalar fields classification reads.
@@ -30,11 +31,25 @@ const CAPTURED: &[&str] = &[
 ];
 
 pub(crate) fn classify_statement(node: &NodeEnum) -> Result<Statement, String> {
+    walk_statement(node, None)
+}
+
+/// [`classify_statement`], also collecting into `facts` what the masking check needs, in the
+/// same walk (see [`crate::masking`]).
+pub(crate) fn classify_statement_for_masking(
+    node: &NodeEnum,
+    facts: &mut MaskFacts,
+) -> Result<Statement, String> {
+    walk_statement(node, Some(facts))
+}
+
+fn walk_statement(node: &NodeEnum, facts: Option<&mut MaskFacts>) -> Result<Statement, String> {
     let mut walker = Walker {
         stack: Vec::with_capacity(32),
         findings: Findings::new(StatementKind::Read),
         top: None,
         error: None,
+        facts,
     };
     if node.serialize(&mut walker).is_err() || walker.error.is_some() {
         return Err(walker
@@ -46,6 +61,9 @@ pub(crate) fn classify_statement(node: &NodeEnum) -> Result<Statement, String> {
         .ok_or_else(|| "a statement has an empty parse tree".to_string())?;
     // The statement itself must be of a known type; nested ones were checked on the way.
     statement_kind(top.name, &top)?.ok_or_else(|| unknown_statement(top.name))?;
+    if let Some(facts) = walker.facts {
+        facts.statement = top.name;
+    }
     Ok(walker.findings.into_statement(top.name, &top))
 }
 
@@ -68,6 +86,10 @@ struct Frame {
     /// FuncCall only: the name parts and the first argument if it is a string constant.
     funcname: Vec<String>,
     first_arg: Option<String>,
+    /// RangeVar only, when collecting masking facts: its alias.
+    alias: Option<String>,
+    /// ColumnRef only, when collecting masking facts: its name parts (`None` for `*`).
+    column: Vec<Option<String>>,
 }
 
 impl Body for Frame {
@@ -97,13 +119,15 @@ impl Body for Frame {
     }
 }
 
-struct Walker {
+struct Walker<'a> {
     stack: Vec<Frame>,
     findings: Findings,
     /// The outermost message (the statement), once it has been walked.
     top: Option<Frame>,
     /// The first refusal met on the way.
     error: Option<String>,
+    /// Where to collect what the masking check needs, when asked.
+    facts: Option<&'a mut MaskFacts>,
 }
 
 #[derive(Debug)]
@@ -127,7 +151,7 @@ fn unexpected(what: &str) -> WalkError {
     WalkError(format!("unexpected {what} in the parse tree"))
 }
 
-impl Walker {
+impl Walker<'_> {
     fn scalar(&mut self, value: Scalar) {
         if let Some(top) = self.stack.last_mut()
             && top.capture
@@ -143,7 +167,7 @@ impl Walker {
     }
 
     /// A message is complete: account for what it means.
-    fn finish(&mut self, frame: Frame) {
+    fn finish(&mut self, mut frame: Frame) {
         match statement_kind(frame.name, &frame) {
             Ok(Some(kind)) => self.findings.escalate(kind),
             Ok(None) => {}
@@ -152,6 +176,9 @@ impl Walker {
         if frame.name == "String" {
             self.route_string(&frame);
         }
+        if self.facts.is_some() {
+            self.collect_mask_fact(&mut frame);
+        }
         let function =
             (frame.name == "FuncCall").then(|| (frame.funcname.join("."), frame.first_arg.clone()));
         if let Err(reason) = visit(frame.name, &frame, function.as_ref(), &mut self.findings) {
@@ -159,6 +186,59 @@ impl Walker {
         }
         if self.stack.is_empty() {
             self.top = Some(frame);
+        }
+    }
+
+    /// What the masking check needs from a finished message: relations with their aliases,
+    /// and every column reference with whether it is a plain entry of the statement's own
+    /// SELECT list (`SelectStmt.target_list[i].ResTarget.val`, the only place where a masked
+    /// column keeps its origin).
+    fn collect_mask_fact(&mut self, frame: &mut Frame) {
+        let n = self.stack.len();
+        match frame.name {
+            "RangeVar" => {
+                let relation = RelationRef {
+                    schema: frame
+                        .str_field("schemaname")
+                        .unwrap_or_default()
+                        .to_lowercase(),
+                    table: frame
+                        .str_field("relname")
+                        .unwrap_or_default()
+                        .to_lowercase(),
+                    alias: frame.alias.as_deref().map(str::to_lowercase),
+                };
+                if let Some(facts) = self.facts.as_mut() {
+                    facts.relations.push(relation);
+                }
+            }
+            "Alias"
+                if n >= 1
+                    && self.stack[n - 1].name == "RangeVar"
+                    && self.stack[n - 1].field == "alias" =>
+            {
+                self.stack[n - 1].alias = frame.str_field("aliasname").map(str::to_string);
+            }
+            "AStar"
+                if n >= 2
+                    && self.stack[n - 2].name == "ColumnRef"
+                    && self.stack[n - 2].field == "fields" =>
+            {
+                self.stack[n - 2].column.push(None);
+            }
+            "ColumnRef" => {
+                let top_level = n == 4
+                    && self.stack[0].name == "SelectStmt"
+                    && self.stack[0].field == "target_list"
+                    && self.stack[2].name == "ResTarget"
+                    && self.stack[2].field == "val";
+                if let Some(facts) = self.facts.as_mut() {
+                    facts
+                        .column_refs
+                        .push((std::mem::take(&mut frame.column), top_level));
+                }
+            }
+            _ => {}
         }
     }
 
@@ -174,6 +254,11 @@ impl Walker {
             .map(|f| f.name)
             .collect();
         match names.as_slice() {
+            [.., "ColumnRef", "Node"]
+                if self.facts.is_some() && self.stack[n - 2].field == "fields" =>
+            {
+                self.stack[n - 2].column.push(Some(sval.to_lowercase()));
+            }
             [.., "FuncCall", "Node"] if self.stack[n - 2].field == "funcname" => {
                 self.stack[n - 2].funcname.push(sval.to_string());
             }
@@ -189,10 +274,10 @@ impl Walker {
     }
 }
 
-impl<'a> ser::Serializer for &'a mut Walker {
+impl<'a, 'f> ser::Serializer for &'a mut Walker<'f> {
     type Ok = ();
     type Error = WalkError;
-    type SerializeSeq = Seq<'a>;
+    type SerializeSeq = Seq<'a, 'f>;
     type SerializeTuple = Impossible<(), WalkError>;
     type SerializeTupleStruct = Impossible<(), WalkError>;
     type SerializeTupleVariant = Impossible<(), WalkError>;
@@ -252,6 +337,11 @@ impl<'a> ser::Serializer for &'a mut Walker {
         // SELECT ... INTO creates a table: a write, wherever it appears.
         if self.stack.last().is_some_and(|f| f.field == "into_clause") {
             self.findings.escalate(StatementKind::Write);
+            if self.stack.len() == 1
+                && let Some(facts) = self.facts.as_mut()
+            {
+                facts.select_into = true;
+            }
         }
         value.serialize(self)
     }
@@ -285,7 +375,7 @@ impl<'a> ser::Serializer for &'a mut Walker {
     ) -> Result<(), WalkError> {
         value.serialize(self)
     }
-    fn serialize_seq(self, len: Option<usize>) -> Result<Seq<'a>, WalkError> {
+    fn serialize_seq(self, len: Option<usize>) -> Result<Seq<'a, 'f>, WalkError> {
         let owner = self.stack.len().checked_sub(1);
         if let Some(top) = self.stack.last_mut()
             && len != Some(0)
@@ -325,11 +415,13 @@ impl<'a> ser::Serializer for &'a mut Walker {
             name,
             field: "",
             index: 0,
-            capture: CAPTURED.contains(&name),
+            capture: CAPTURED.contains(&name) || (name == "Alias" && self.facts.is_some()),
             scalars: Vec::new(),
             lists: Vec::new(),
             funcname: Vec::new(),
             first_arg: None,
+            alias: None,
+            column: Vec::new(),
         });
         Ok(self)
     }
@@ -344,7 +436,7 @@ impl<'a> ser::Serializer for &'a mut Walker {
     }
 }
 
-impl ser::SerializeStruct for &mut Walker {
+impl ser::SerializeStruct for &mut Walker<'_> {
     type Ok = ();
     type Error = WalkError;
 
@@ -371,13 +463,13 @@ impl ser::SerializeStruct for &mut Walker {
 }
 
 /// A list field being serialized; keeps its owner's element index current.
-struct Seq<'a> {
-    walker: &'a mut Walker,
+struct Seq<'a, 'f> {
+    walker: &'a mut Walker<'f>,
     owner: Option<usize>,
     index: usize,
 }
 
-impl ser::SerializeSeq for Seq<'_> {
+impl ser::SerializeSeq for Seq<'_, '_> {
     type Ok = ();
     type Error = WalkError;
 

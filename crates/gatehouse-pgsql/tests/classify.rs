@@ -4,8 +4,10 @@
 use StatementKind::*;
 use gatehouse_core::classify::{Classification, StatementKind};
 use gatehouse_pgsql::classify_reference;
+use gatehouse_pgsql::masking::{MaskedRelation, check_reference};
 
-/// Classifies with the streaming walker, and checks it agrees with the reference walker.
+/// Classifies with the streaming walker, and checks it agrees with the reference walker, and
+/// that the masking check made in the same walk agrees with its reference.
 fn classify(sql: &str) -> Classification {
     let streamed = gatehouse_pgsql::classify(sql);
     assert_eq!(
@@ -13,7 +15,46 @@ fn classify(sql: &str) -> Classification {
         classify_reference(sql),
         "walkers disagree on {sql:?}"
     );
+    if let Err(disagreement) = masking_checks_agree(sql) {
+        panic!("{disagreement}");
+    }
     streamed
+}
+
+/// Relations with masked columns, named like the tables the statements here use.
+fn masked() -> Vec<MaskedRelation> {
+    let relation = |table: &str, columns: &[&str]| MaskedRelation {
+        schema: "public".into(),
+        table: table.into(),
+        columns: columns.iter().map(|c| c.to_string()).collect(),
+    };
+    vec![
+        relation("users", &["ssn", "email"]),
+        relation("orders", &["card", "id"]),
+        relation("t", &["x", "a"]),
+        relation("a", &["id"]),
+        relation("accounts", &["balance"]),
+    ]
+}
+
+/// The masking check made during classification (`classify_and_check`, the simple protocol's
+/// path, and `masking::check`) against the reference check on the JSON tree.
+fn masking_checks_agree(sql: &str) -> Result<(), String> {
+    let masked = masked();
+    let (classification, combined) = gatehouse_pgsql::classify_and_check(sql, &masked);
+    if classification != gatehouse_pgsql::classify(sql) {
+        return Err(format!("classify_and_check classifies {sql:?} differently"));
+    }
+    if let Classification::Statements { .. } = classification {
+        let reference = check_reference(sql, &masked);
+        let alone = gatehouse_pgsql::masking::check(sql, &masked);
+        if combined.is_ok() != reference.is_ok() || alone.is_ok() != reference.is_ok() {
+            return Err(format!(
+                "masking checks disagree on {sql:?}: walk {combined:?}, alone {alone:?}, reference {reference:?}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The kind of every statement in `sql`, or the refusal reason.
@@ -418,6 +459,9 @@ mod generated {
         #[test]
         fn walkers_agree(s in sql()) {
             prop_assert_eq!(gatehouse_pgsql::classify(&s), classify_reference(&s));
+            if let Err(disagreement) = masking_checks_agree(&s) {
+                prop_assert!(false, "{}", disagreement);
+            }
         }
 
         /// Statements built from SQL fragments: anything that contains a data-changing verb

@@ -319,13 +319,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                     Err(e) => return Err(self.fatal(e)),
                 };
                 // Not cached: simple queries usually carry their literals, so texts rarely repeat.
-                // One parse serves the classification and the masking check.
-                let (classified, checked) = match self.masking.as_ref() {
-                    Some(m) if !m.relations.is_empty() => {
-                        gatehouse_pgsql::classify_and_check(text, &m.relations)
-                    }
-                    _ => (gatehouse_pgsql::classify(text), Ok(())),
-                };
+                let (classified, checked) = self.classify_and_check(text);
                 let start = CommandStart {
                     text: text.into(),
                     params: None,
@@ -536,14 +530,15 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
         }
     }
 
-    /// The masking check of a statement: `Some(reason)` when it uses a masked column in a way
-    /// masking cannot follow.
-    fn masking_refusal(&self, text: &str) -> Option<String> {
-        let masking = self.masking.as_ref()?;
-        if masking.relations.is_empty() {
-            return None;
+    /// Classifies `text` and runs the masking check on it (`Err` with the reason when it uses
+    /// a masked column in a way masking cannot follow), with one parse and one walk of it.
+    fn classify_and_check(&self, text: &str) -> (Classification, Result<(), String>) {
+        match self.masking.as_ref() {
+            Some(m) if !m.relations.is_empty() => {
+                gatehouse_pgsql::classify_and_check(text, &m.relations)
+            }
+            _ => (gatehouse_pgsql::classify(text), Ok(())),
         }
-        gatehouse_pgsql::masking::check(text, &masking.relations).err()
     }
 
     fn begin(&mut self, start: CommandStart, decision: Decision) -> InFlight {
@@ -571,14 +566,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
         if let Some(judged) = self.classified.get(text) {
             return judged.clone();
         }
-        let classification = Arc::new(gatehouse_pgsql::classify(text));
-        let masking_refusal = match &*classification {
-            Classification::Statements { .. } => self.masking_refusal(text),
-            Classification::Refused { .. } => None,
-        };
+        let (classification, checked) = self.classify_and_check(text);
         let judged = Judged {
-            classification,
-            masking_refusal,
+            classification: Arc::new(classification),
+            masking_refusal: checked.err(),
         };
         if text.len() <= MAX_CACHED_TEXT {
             if self.classified.len() >= MAX_CACHED {
