@@ -4,7 +4,9 @@
 
 mod common;
 
+use common::raw::{self, msg};
 use common::{APP_PASSWORD, Gateway, GatewayOptions, cluster, connect};
+use tokio::io::AsyncWriteExt;
 
 const SSN: &str = "512-47-3961";
 const EMAIL: &str = "canary.alice@example.org";
@@ -306,5 +308,140 @@ async fn binary_results_of_a_driver_are_masked_with_valid_encodings() {
                 .contains("\"ssn\" is masked"),
             "{err}"
         );
+    }
+}
+
+fn cstr(s: &str) -> Vec<u8> {
+    let mut b = s.as_bytes().to_vec();
+    b.push(0);
+    b
+}
+
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    let mut b = cstr(name);
+    b.extend(cstr(sql));
+    b.extend(0i16.to_be_bytes());
+    msg(b'P', &b)
+}
+
+/// Bind with no parameters; results all in text, or all in binary.
+fn bind(portal: &str, statement: &str, binary: bool) -> Vec<u8> {
+    let mut b = cstr(portal);
+    b.extend(cstr(statement));
+    b.extend(0i16.to_be_bytes());
+    b.extend(0i16.to_be_bytes());
+    if binary {
+        b.extend(1i16.to_be_bytes());
+        b.extend(1i16.to_be_bytes());
+    } else {
+        b.extend(0i16.to_be_bytes());
+    }
+    msg(b'B', &b)
+}
+
+fn describe(kind: u8, name: &str) -> Vec<u8> {
+    let mut b = vec![kind];
+    b.extend(cstr(name));
+    msg(b'D', &b)
+}
+
+fn execute(portal: &str) -> Vec<u8> {
+    let mut b = cstr(portal);
+    b.extend(0i32.to_be_bytes());
+    msg(b'E', &b)
+}
+
+/// libpq runs every extended-protocol query as Parse, Bind, Describe of the portal, Execute,
+/// Sync. The client's own Describe then gives the masking plan (the gateway adds no Describe
+/// of its own); a Describe of the statement, of another portal, or none, still gets the
+/// gateway's. Every way, the rows are masked and the client sees only its own answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_after_the_clients_own_describe_are_masked() {
+    let gw = setup("m_users_d");
+    let agent = gw.token("agent", &["agents"]);
+    let mut s = raw::login(&gw, &agent).await;
+    let sync = msg(b'S', b"");
+    let mut prepare = parse("s1", "SELECT ssn, name FROM m_users_d");
+    prepare.extend(&sync);
+    s.write_all(&prepare).await.unwrap();
+    assert!(raw::first_error(&raw::until_ready(&mut s).await).is_none());
+
+    let cases: Vec<(&str, Vec<Vec<u8>>, usize, usize)> = vec![
+        // (what, messages, RowDescriptions the client asked for, rows)
+        (
+            "libpq: Describe of the portal right before its Execute",
+            vec![bind("", "s1", false), describe(b'P', ""), execute("")],
+            1,
+            1,
+        ),
+        (
+            "two such queries in one batch",
+            vec![
+                bind("a", "s1", false),
+                describe(b'P', "a"),
+                execute("a"),
+                bind("b", "s1", false),
+                describe(b'P', "b"),
+                execute("b"),
+            ],
+            2,
+            2,
+        ),
+        (
+            "binary results",
+            vec![bind("", "s1", true), describe(b'P', ""), execute("")],
+            1,
+            1,
+        ),
+        (
+            "Describe of the statement",
+            vec![bind("", "s1", false), describe(b'S', "s1"), execute("")],
+            1,
+            1,
+        ),
+        (
+            "Describe of another portal",
+            vec![
+                bind("x", "s1", false),
+                bind("y", "s1", false),
+                describe(b'P', "x"),
+                execute("y"),
+            ],
+            1,
+            1,
+        ),
+        (
+            "Describe, then Flush, then Execute",
+            vec![
+                bind("", "s1", false),
+                describe(b'P', ""),
+                msg(b'H', b""),
+                execute(""),
+            ],
+            1,
+            1,
+        ),
+        (
+            "no Describe",
+            vec![bind("", "s1", false), execute("")],
+            0,
+            1,
+        ),
+    ];
+    for (what, messages, descriptions, rows) in cases {
+        let mut batch: Vec<u8> = messages.concat();
+        batch.extend(&sync);
+        s.write_all(&batch).await.unwrap();
+        let answers = raw::until_ready(&mut s).await;
+        assert!(raw::first_error(&answers).is_none(), "{what}: {answers:?}");
+        let count = |tag: u8| answers.iter().filter(|(t, _)| *t == tag).count();
+        assert_eq!(count(b'T'), descriptions, "{what}: {answers:?}");
+        assert_eq!(count(b'D'), rows, "{what}");
+        assert_eq!(raw::first_column(&answers), vec!["****961"; rows], "{what}");
+        let all: String = answers
+            .iter()
+            .map(|(_, body)| String::from_utf8_lossy(body).into_owned())
+            .collect();
+        assert!(leaks(&all).is_empty(), "{what} leaked {:?}", leaks(&all));
     }
 }

@@ -84,6 +84,9 @@ pub(super) struct ClientToServer<R, W> {
     pub(super) intents: Vec<gatehouse_audit::Pending>,
     /// An intent record could not be queued: nothing more may be forwarded.
     pub(super) audit_failed: bool,
+    /// The portal the client's previous message described (`Describe` of a portal), when that
+    /// was its previous message; see [`Self::describe_for_masking`].
+    pub(super) described_portal: Option<String>,
 }
 
 /// The error a failed audit write surfaces as; the relay ends the session.
@@ -305,6 +308,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
     /// review.
     fn handle(&mut self, frame: BytesMut) -> Result<Option<Held>, EndReason> {
         let body = &frame[5..];
+        // Only a Describe that is the very message before an Execute counts (see
+        // `describe_for_masking`); any other message in between forgets it.
+        let described = self.described_portal.take();
         match frame[0] {
             b'Q' => {
                 let text = match wire::parse_query(body) {
@@ -467,7 +473,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                 let decision = self.session.authorize(&start);
                 match &decision.verdict {
                     Verdict::Allow => {
-                        self.describe_for_masking(portal);
+                        if described.as_deref() != Some(portal) {
+                            self.describe_for_masking(portal);
+                        }
                         let inflight = self.begin_forwarded(start, decision);
                         self.push(Expect::Execute(inflight));
                         self.out.extend_from_slice(&frame);
@@ -502,7 +510,16 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                 self.push(Expect::Sync);
                 self.out.extend_from_slice(&frame);
             }
-            b'D' | b'H' | b'c' | b'f' => self.out.extend_from_slice(&frame),
+            b'D' => {
+                if let Ok((b'P', portal)) = wire::parse_target(body, "Describe") {
+                    let mut name = described.unwrap_or_default();
+                    name.clear();
+                    name.push_str(portal);
+                    self.described_portal = Some(name);
+                }
+                self.out.extend_from_slice(&frame);
+            }
+            b'H' | b'c' | b'f' => self.out.extend_from_slice(&frame),
             b'F' => {
                 let start = unclassified("<FunctionCall message>".into());
                 let error = GatewayError::error(
@@ -522,7 +539,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
     }
 
     /// With masking, asks the server to describe `portal` right before it runs, so the rows
-    /// that follow can be masked by column (the answer is not forwarded).
+    /// that follow can be masked by column (the answer is not forwarded). Not needed when the
+    /// client's own message right before the Execute described that same portal (libpq does
+    /// so for every extended-protocol query): the server's answer to it, which the client
+    /// gets as usual, is the plan, since the server-to-client side takes a plan from every
+    /// RowDescription and drops it at the end of each command.
     fn describe_for_masking(&mut self, portal: &str) {
         if self.masking.is_some() {
             wire::describe_portal(&mut self.out, portal);

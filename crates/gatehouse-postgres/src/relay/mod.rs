@@ -152,6 +152,7 @@ where
         masking: masking.clone(),
         intents: Vec::new(),
         audit_failed: false,
+        described_portal: None,
     };
     let mut downstream = ServerToClient {
         framer: Framer::new(server_read),
