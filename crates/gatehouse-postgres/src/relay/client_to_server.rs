@@ -84,9 +84,10 @@ pub(super) struct ClientToServer<R, W> {
     pub(super) intents: Vec<gatehouse_audit::Pending>,
     /// An intent record could not be queued: nothing more may be forwarded.
     pub(super) audit_failed: bool,
-    /// The portal the client's previous message described (`Describe` of a portal), when that
-    /// was its previous message; see [`Self::describe_for_masking`].
-    pub(super) described_portal: Option<String>,
+    /// The client's previous message was a Describe of a portal, and this is its name (the
+    /// buffer is reused); see [`Self::describe_for_masking`].
+    pub(super) portal_described: bool,
+    pub(super) described_portal: String,
 }
 
 /// The error a failed audit write surfaces as; the relay ends the session.
@@ -310,7 +311,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
         let body = &frame[5..];
         // Only a Describe that is the very message before an Execute counts (see
         // `describe_for_masking`); any other message in between forgets it.
-        let described = self.described_portal.take();
+        let described = std::mem::take(&mut self.portal_described);
         match frame[0] {
             b'Q' => {
                 let text = match wire::parse_query(body) {
@@ -473,7 +474,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                 let decision = self.session.authorize(&start);
                 match &decision.verdict {
                     Verdict::Allow => {
-                        if described.as_deref() != Some(portal) {
+                        if !(described && self.described_portal == portal) {
                             self.describe_for_masking(portal);
                         }
                         let inflight = self.begin_forwarded(start, decision);
@@ -512,10 +513,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
             }
             b'D' => {
                 if let Ok((b'P', portal)) = wire::parse_target(body, "Describe") {
-                    let mut name = described.unwrap_or_default();
-                    name.clear();
-                    name.push_str(portal);
-                    self.described_portal = Some(name);
+                    self.described_portal.clear();
+                    self.described_portal.push_str(portal);
+                    self.portal_described = true;
                 }
                 self.out.extend_from_slice(&frame);
             }

@@ -152,7 +152,8 @@ where
         masking: masking.clone(),
         intents: Vec::new(),
         audit_failed: false,
-        described_portal: None,
+        portal_described: false,
+        described_portal: String::new(),
     };
     let mut downstream = ServerToClient {
         framer: Framer::new(server_read),
