@@ -48,16 +48,13 @@ async fn run_verify(
     anchor: Option<ExportedCheckpoint>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_auditor()?;
-    let dir = state.audit.dir().to_path_buf();
+    let audit = state.audit.clone();
     let v = blocking(move || {
-        let public = std::fs::read_to_string(dir.join(gatehouse_audit::PUBLIC_KEY_FILE))
+        let public = std::fs::read_to_string(audit.dir().join(gatehouse_audit::PUBLIC_KEY_FILE))
             .map_err(ApiError::internal)?;
-        gatehouse_audit::verify_file(
-            &dir.join(gatehouse_audit::LOG_FILE),
-            &public,
-            anchor.as_ref(),
-        )
-        .map_err(ApiError::internal)
+        let reader = audit.reader().map_err(ApiError::internal)?;
+        gatehouse_audit::verify_records(reader, &public, anchor.as_ref())
+            .map_err(ApiError::internal)
     })
     .await?;
     Ok(Json(serde_json::to_value(v).map_err(ApiError::internal)?))
@@ -80,9 +77,9 @@ async fn records(
     caller.require_auditor()?;
     let since = q.since.unwrap_or(0);
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
-    let path = state.audit.dir().join(gatehouse_audit::LOG_FILE);
+    let audit = state.audit.clone();
     let records = blocking(move || {
-        let mut reader = gatehouse_audit::LogReader::open(&path).map_err(ApiError::internal)?;
+        let mut reader = audit.reader().map_err(ApiError::internal)?;
         let mut out = Vec::new();
         while let Some((_, record)) = reader.next_record().map_err(ApiError::internal)? {
             if record.seq >= since {
@@ -105,10 +102,11 @@ async fn replay(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_auditor()?;
-    let path = state.audit.dir().join(gatehouse_audit::LOG_FILE);
+    let audit = state.audit.clone();
     let wanted = id.clone();
     let timeline = blocking(move || {
-        gatehouse_audit::replay::session_timeline(&path, &wanted).map_err(ApiError::internal)
+        let reader = audit.reader().map_err(ApiError::internal)?;
+        gatehouse_audit::replay::timeline_from(reader, &wanted).map_err(ApiError::internal)
     })
     .await?
     .ok_or_else(|| {

@@ -19,7 +19,7 @@ pub mod verify;
 pub use log::{AuditLog, Durability, Pending};
 pub use read::{LogLine, LogReader, ReadError};
 pub use record::{Event, Record};
-pub use verify::{ExportedCheckpoint, Verification, last_checkpoint, verify_file};
+pub use verify::{ExportedCheckpoint, Verification, last_checkpoint, verify_file, verify_records};
 
 /// The file name of the log inside the audit directory.
 pub const LOG_FILE: &str = "audit.log";

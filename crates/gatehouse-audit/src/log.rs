@@ -12,7 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 
 use ring::signature::{Ed25519KeyPair, KeyPair};
@@ -86,6 +86,9 @@ pub struct AuditLog {
     /// so every caller is refused (what a failed `fsync` left on disk cannot be trusted, and
     /// the chain cannot continue from an unknown state).
     failed: Arc<AtomicBool>,
+    /// The byte offset up to which the writer has finished writing records (see
+    /// [`AuditLog::reader`]).
+    written: Arc<AtomicU64>,
 }
 
 /// Where the chain stands.
@@ -143,6 +146,7 @@ impl AuditLog {
         }
         // A thread of its own: writing and syncing block, and must not hold up the runtime's
         // workers (every session's relay runs on them).
+        let written = writer.written.clone();
         std::thread::Builder::new()
             .name("gatehouse-audit".into())
             .spawn(move || writer.run(rx))?;
@@ -151,7 +155,18 @@ impl AuditLog {
             durability,
             dir: dir.to_path_buf(),
             failed,
+            written,
         })
+    }
+
+    /// Reads the records this log has finished writing. A reader of the file itself may meet
+    /// a record while it is being written (a read is not atomic against a write) and take it
+    /// for a torn one; this one stops where the last complete write ended, so verifying a
+    /// busy gateway's own log never reports damage that is not there.
+    pub fn reader(&self) -> std::io::Result<LogReader<std::io::Take<std::fs::File>>> {
+        let limit = self.written.load(Ordering::Acquire);
+        let file = std::fs::File::open(self.dir.join(LOG_FILE))?;
+        Ok(LogReader::new(std::io::Read::take(file, limit)))
     }
 
     pub fn dir(&self) -> &Path {
@@ -235,6 +250,8 @@ struct Writer {
     unsynced: bool,
     /// Shared with every [`AuditLog`] handle; see there.
     failed: Arc<AtomicBool>,
+    /// `end`, published after each write for [`AuditLog::reader`].
+    written: Arc<AtomicU64>,
 }
 
 /// How far the file is extended ahead of its records each time they reach its end.
@@ -271,6 +288,7 @@ impl Writer {
             buf: Vec::new(),
             unsynced: false,
             failed,
+            written: Arc::new(AtomicU64::new(end)),
         }
     }
 
@@ -354,6 +372,7 @@ impl Writer {
         }
         self.file.write_all_at(bytes, self.end)?;
         self.end = end;
+        self.written.store(end, Ordering::Release);
         Ok(())
     }
 
@@ -651,6 +670,7 @@ mod tests {
             durability: Durability::Batched,
             dir: dir.path().to_path_buf(),
             failed,
+            written: Arc::new(AtomicU64::new(0)),
         };
         assert!(matches!(
             log.enqueue(Event::new("statement.intent", None, json!({}))),
@@ -793,5 +813,33 @@ mod tests {
             .join(recovered.data["moved_to"].as_str().unwrap());
         assert_eq!(std::fs::read(aside).unwrap(), b"{\"seq\":5}\n");
         assert!(verify(dir.path()).problem.is_none());
+    }
+
+    #[tokio::test]
+    async fn the_logs_own_reader_stops_where_the_last_complete_write_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path(), Durability::Strict, 1000)
+            .await
+            .unwrap();
+        for n in 0..3 {
+            log.append(Event::new("statement.intent", None, json!({ "n": n })))
+                .await
+                .unwrap();
+        }
+        // What a reader of the file can meet while the writer is in the middle of a write.
+        let path = dir.path().join(LOG_FILE);
+        let bytes = std::fs::read(&path).unwrap();
+        let end = bytes.iter().position(|b| *b == 0).unwrap() as u64;
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(b"{\"seq\":4,\"at\":", end).unwrap();
+        let public = std::fs::read_to_string(dir.path().join(PUBLIC_KEY_FILE)).unwrap();
+        let from_file = crate::verify_file(&path, &public, None).unwrap();
+        assert!(from_file.problem.unwrap().message.contains("cut off"));
+        let own = crate::verify_records(log.reader().unwrap(), &public, None).unwrap();
+        assert!(own.problem.is_none(), "{own:?}");
+        assert_eq!(own.records, 3);
+        // Put back what the writer would have: zeros, until it writes there.
+        file.write_all_at(&[0; 16], end).unwrap();
+        log.close().await;
     }
 }

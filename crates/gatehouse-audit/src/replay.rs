@@ -35,7 +35,15 @@ pub struct TimelineEvent {
 /// The records of session `id` in the log at `path`: those that name it, and those about the
 /// reviews of its statements (votes, their results, expiry). `None` when the log has none.
 pub fn session_timeline(path: &Path, id: &str) -> Result<Option<Timeline>, ReadError> {
-    let mut reader = LogReader::open(path)?;
+    timeline_from(LogReader::open(path)?, id)
+}
+
+/// [`session_timeline`] from the records `reader` gives (a running gateway reads its own log
+/// through [`crate::AuditLog::reader`]).
+pub fn timeline_from<R: std::io::Read>(
+    mut reader: LogReader<R>,
+    id: &str,
+) -> Result<Option<Timeline>, ReadError> {
     let mut reviews: Vec<String> = Vec::new();
     let mut events = Vec::new();
     while let Some(line) = reader.next_line()? {

@@ -45,7 +45,16 @@ pub fn verify_file(
     public_key: &str,
     anchor: Option<&ExportedCheckpoint>,
 ) -> std::io::Result<Verification> {
-    let mut reader = LogReader::open(path)?;
+    verify_records(LogReader::open(path)?, public_key, anchor)
+}
+
+/// [`verify_file`] on the records `reader` gives (a running gateway verifies its own log
+/// through [`crate::AuditLog::reader`]).
+pub fn verify_records<R: std::io::Read>(
+    mut reader: LogReader<R>,
+    public_key: &str,
+    anchor: Option<&ExportedCheckpoint>,
+) -> std::io::Result<Verification> {
     let key_bytes = hex::decode(public_key.trim()).unwrap_or_default();
     let key = UnparsedPublicKey::new(&ED25519, key_bytes);
     let mut v = Verification {
