@@ -36,6 +36,10 @@ pub struct Verification {
 pub struct Problem {
     pub line: u64,
     pub message: String,
+    /// The problem is only a last record cut off: what a crash leaves (the next start cuts
+    /// it), and also what a reader of a busy live file meets while a record is being written.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub torn_tail: bool,
 }
 
 /// Verifies `path` against `public_key` (hex, the log's `signing.pub`), and `anchor` when
@@ -67,19 +71,32 @@ pub fn verify_records<R: std::io::Read>(
     let mut prev = GENESIS.to_string();
     let mut line_no = 0u64;
     let fail = |v: &mut Verification, line: u64, message: String| {
-        v.problem = Some(Problem { line, message });
+        v.problem = Some(Problem {
+            line,
+            message,
+            torn_tail: false,
+        });
     };
     while let Some(line) = reader.next_line()? {
         line_no = line.number;
         if !line.complete {
-            let message = match reader.rest_is_zero()? {
-                None => "the last record is cut off (torn write)".to_string(),
-                Some(at) => format!(
-                    "record {} is cut off by a zero byte, and data follows at byte {at} (the log was damaged)",
-                    hashes.len() + 1
+            match reader.rest_is_zero()? {
+                None => {
+                    v.problem = Some(Problem {
+                        line: line_no,
+                        message: "the last record is cut off (torn write)".into(),
+                        torn_tail: true,
+                    });
+                }
+                Some(at) => fail(
+                    &mut v,
+                    line_no,
+                    format!(
+                        "record {} is cut off by a zero byte, and data follows at byte {at} (the log was damaged)",
+                        hashes.len() + 1
+                    ),
                 ),
-            };
-            fail(&mut v, line_no, message);
+            }
             return Ok(v);
         }
         let record: Record = match serde_json::from_slice(line.bytes) {

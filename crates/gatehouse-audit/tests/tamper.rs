@@ -93,6 +93,14 @@ async fn every_kind_of_tampering_is_detected() {
     zeroed[20] = zeroed[20].replacen("select", "sel\0ct", 1);
     let message = check(dir.path(), &zeroed, &public).unwrap();
     assert!(message.contains("data follows"), "{message}");
+    let problem = verify_file(&dir.path().join("tampered.log"), &public, None)
+        .unwrap()
+        .problem
+        .unwrap();
+    assert!(
+        !problem.torn_tail,
+        "a record cut in the middle is damage: {problem:?}"
+    );
     let mut zero_line = original.clone();
     zero_line.insert(20, "\0\0\0".into());
     let message = check(dir.path(), &zero_line, &public).unwrap();
@@ -135,13 +143,11 @@ async fn a_torn_last_record_is_cut_at_start_and_said_so() {
     let (text, public) = sample(dir.path()).await;
     let path = dir.path().join("audit.log");
     std::fs::write(&path, format!("{text}{{\"seq\":99,\"at\":")).unwrap();
+    let problem = verify_file(&path, &public, None).unwrap().problem.unwrap();
+    assert!(problem.message.contains("cut off"), "{problem:?}");
     assert!(
-        verify_file(&path, &public, None)
-            .unwrap()
-            .problem
-            .unwrap()
-            .message
-            .contains("cut off")
+        problem.torn_tail,
+        "a torn tail is told apart from other damage"
     );
 
     let log = AuditLog::open(dir.path(), Durability::Strict, 10)

@@ -39,8 +39,19 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                                 format!("no audit log in {} (no signing.pub)", dir.display())
                             })?;
                     let log = dir.join(gatehouse_audit::LOG_FILE);
-                    gatehouse_audit::verify_file(&log, &public, anchor.as_ref())
-                        .with_context(|| format!("cannot read {}", log.display()))?
+                    let verify = || {
+                        gatehouse_audit::verify_file(&log, &public, anchor.as_ref())
+                            .with_context(|| format!("cannot read {}", log.display()))
+                    };
+                    let v = verify()?;
+                    if v.problem.as_ref().is_some_and(|p| p.torn_tail) {
+                        // A running gateway may have been writing that record just then;
+                        // what a crash tore stays torn.
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                        verify()?
+                    } else {
+                        v
+                    }
                 }
             };
             if format == Format::Json {
