@@ -705,25 +705,35 @@ mod tests {
         assert!(v.problem.is_none(), "{v:?}");
     }
 
-    /// A log with three records, left as a crashed gateway leaves it (the preallocated
-    /// region still there), copied with its key into a directory of its own.
-    async fn crashed_log() -> (tempfile::TempDir, PathBuf, u64) {
-        let live = tempfile::tempdir().unwrap();
-        let log = AuditLog::open(live.path(), Durability::Strict, 1000)
-            .await
-            .unwrap();
+    /// A running log in `dir` with three records.
+    async fn live_log(dir: &Path) -> AuditLog {
+        let log = AuditLog::open(dir, Durability::Strict, 1000).await.unwrap();
         for n in 0..3 {
             log.append(Event::new("statement.intent", None, json!({ "n": n })))
                 .await
                 .unwrap();
         }
+        log
+    }
+
+    /// Where the records of the file at `path` end: its first zero byte.
+    fn records_end(path: &Path) -> u64 {
+        let bytes = std::fs::read(path).unwrap();
+        bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len()) as u64
+    }
+
+    /// A log with three records, left as a crashed gateway leaves it (the preallocated
+    /// region still there), copied with its key into a directory of its own.
+    async fn crashed_log() -> (tempfile::TempDir, PathBuf, u64) {
+        let live = tempfile::tempdir().unwrap();
+        let log = live_log(live.path()).await;
         let copy = tempfile::tempdir().unwrap();
         for f in [LOG_FILE, KEY_FILE, PUBLIC_KEY_FILE] {
             std::fs::copy(live.path().join(f), copy.path().join(f)).unwrap();
         }
         let path = copy.path().join(LOG_FILE);
         let bytes = std::fs::read(&path).unwrap();
-        let end = bytes.iter().position(|b| *b == 0).unwrap() as u64;
+        let end = records_end(&path);
         assert!(
             bytes.len() as u64 > end + PREALLOCATE / 2,
             "the region is there"
@@ -818,18 +828,10 @@ mod tests {
     #[tokio::test]
     async fn the_logs_own_reader_stops_where_the_last_complete_write_ended() {
         let dir = tempfile::tempdir().unwrap();
-        let log = AuditLog::open(dir.path(), Durability::Strict, 1000)
-            .await
-            .unwrap();
-        for n in 0..3 {
-            log.append(Event::new("statement.intent", None, json!({ "n": n })))
-                .await
-                .unwrap();
-        }
+        let log = live_log(dir.path()).await;
         // What a reader of the file can meet while the writer is in the middle of a write.
         let path = dir.path().join(LOG_FILE);
-        let bytes = std::fs::read(&path).unwrap();
-        let end = bytes.iter().position(|b| *b == 0).unwrap() as u64;
+        let end = records_end(&path);
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         file.write_all_at(b"{\"seq\":4,\"at\":", end).unwrap();
         let public = std::fs::read_to_string(dir.path().join(PUBLIC_KEY_FILE)).unwrap();
