@@ -20,9 +20,13 @@ const QUEUE_DEPTH: usize = 16 * 1024;
 const MAX_BATCH: usize = 2048;
 const WRITE_ATTEMPTS: u32 = 3;
 /// How long the writer lets records accumulate after the first one arrives. Sessions never
-/// wait for it (they only queue), and it turns a stream of single-record transactions, each
-/// with its thread wake-ups and file locking, into one transaction per window.
-const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(5);
+/// wait for it (they only queue), and every transaction has a fixed cost (about 0.5 ms of
+/// SQLite's thread for its WAL pages and round trips) on top of its rows (about 9 µs each):
+/// at 10,000 statements a second a 5 ms window spent 18% of a core on the store, a 50 ms
+/// window 10% (`cargo bench --bench store`, docs/BENCHMARKS.md). The cost is that `sessions
+/// show` lags a statement by up to this long; the audit log, not the store, is the record
+/// that must be durable before a statement runs.
+const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(50);
 
 /// Why a record could not be accepted.
 #[derive(Debug, Clone, thiserror::Error)]
