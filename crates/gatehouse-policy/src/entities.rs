@@ -85,15 +85,35 @@ pub fn client_ip(ip: std::net::IpAddr) -> RestrictedExpression {
     RestrictedExpression::new_ip(ip.to_string())
 }
 
+/// The hour and weekday (UTC) a decision is made at, read once per decision so that its
+/// context and its memo key agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UtcClock {
+    pub hour: i64,
+    /// 1 (Monday) to 7 (Sunday).
+    pub weekday: i64,
+}
+
+impl UtcClock {
+    pub fn now() -> Self {
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let days = secs / 86_400;
+        UtcClock {
+            hour: ((secs % 86_400) / 3600) as i64,
+            // 1970-01-01 was a Thursday (4).
+            weekday: ((days + 3) % 7 + 1) as i64,
+        }
+    }
+}
+
 fn common(
     facts: &RequestFacts<'_>,
     ip: Option<&RestrictedExpression>,
+    clock: UtcClock,
 ) -> Vec<(String, RestrictedExpression)> {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let days = secs / 86_400;
     vec![
         ("protocol".into(), string(facts.protocol)),
         (
@@ -102,12 +122,11 @@ fn common(
         ),
         (
             "hour_utc".into(),
-            RestrictedExpression::new_long(((secs % 86_400) / 3600) as i64),
+            RestrictedExpression::new_long(clock.hour),
         ),
-        // 1970-01-01 was a Thursday (4).
         (
             "weekday_utc".into(),
-            RestrictedExpression::new_long(((days + 3) % 7 + 1) as i64),
+            RestrictedExpression::new_long(clock.weekday),
         ),
         (
             "grants".into(),
@@ -117,7 +136,7 @@ fn common(
 }
 
 pub fn session_context(facts: &RequestFacts<'_>) -> Context {
-    Context::from_pairs(common(facts, None)).unwrap_or_else(|_| Context::empty())
+    Context::from_pairs(common(facts, None, UtcClock::now())).unwrap_or_else(|_| Context::empty())
 }
 
 pub fn statement_context(
@@ -125,8 +144,9 @@ pub fn statement_context(
     ip: Option<&RestrictedExpression>,
     statement: &Statement,
     approved: bool,
+    clock: UtcClock,
 ) -> Context {
-    let mut pairs = common(facts, ip);
+    let mut pairs = common(facts, ip, clock);
     pairs.push(("command".into(), string(&statement.command)));
     pairs.push((
         "relations".into(),

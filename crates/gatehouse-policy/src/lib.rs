@@ -13,6 +13,7 @@
 
 mod entities;
 pub mod load;
+mod memo;
 mod scope;
 
 use std::net::IpAddr;
@@ -74,6 +75,8 @@ pub struct SessionCache {
     principal: String,
     groups: Vec<String>,
     subsets: [std::sync::OnceLock<scope::Subset>; scope::ACTIONS.len()],
+    /// Evaluations of statements this session has seen (see [`memo`]).
+    memo: memo::DecisionMemo,
 }
 
 impl SessionCache {
@@ -146,6 +149,7 @@ impl PolicyEngine {
             principal: identity.principal(),
             groups: identity.groups.clone(),
             subsets: Default::default(),
+            memo: memo::DecisionMemo::default(),
         }
     }
 
@@ -196,18 +200,38 @@ impl PolicyEngine {
         };
         for statement in statements {
             let action = statement.kind.action();
-            let e = self.decide_one(
-                cache,
-                facts,
+            let clock = entities::UtcClock::now();
+            let input = memo::DecisionInput {
                 action,
-                entities::statement_context(
-                    facts,
-                    cache.client_ip(facts.client_ip),
-                    statement,
-                    false,
-                ),
-                Some(statement),
-            );
+                command: &statement.command,
+                relations: &statement.relations,
+                functions: &statement.functions,
+                grants: facts.grants,
+                client_ip: facts.client_ip,
+                protocol: facts.protocol,
+                hour_utc: clock.hour,
+                weekday_utc: clock.weekday,
+            };
+            let e = match cache.memo.get(&input) {
+                Some(e) => e,
+                None => {
+                    let e = self.decide_one(
+                        cache,
+                        facts,
+                        action,
+                        entities::statement_context(
+                            facts,
+                            cache.client_ip(facts.client_ip),
+                            statement,
+                            false,
+                            clock,
+                        ),
+                        Some((statement, clock)),
+                    );
+                    cache.memo.put(&input, &e);
+                    e
+                }
+            };
             match &e.verdict {
                 Verdict::Deny(_) => return e,
                 Verdict::Review(_) => {
@@ -227,7 +251,7 @@ impl PolicyEngine {
         facts: &RequestFacts<'_>,
         action: &str,
         context: cedar_policy::Context,
-        statement: Option<&Statement>,
+        statement: Option<(&Statement, entities::UtcClock)>,
     ) -> Evaluation {
         let policies = &cache.policies;
         let Some(subset) = cache.subset(action) else {
@@ -267,12 +291,13 @@ impl PolicyEngine {
             };
         }
         // Denied as it stands. Would an approval change that?
-        if let Some(statement) = statement.filter(|_| subset.may_review) {
+        if let Some((statement, clock)) = statement.filter(|_| subset.may_review) {
             let approved = entities::statement_context(
                 facts,
                 cache.client_ip(facts.client_ip),
                 statement,
                 true,
+                clock,
             );
             if let Ok(r) = evaluate(approved)
                 && r.decision() == CedarDecision::Allow

@@ -242,3 +242,69 @@ fn bad_files_are_rejected_with_their_name() {
     );
     assert!(load(&["*.cedar".to_string()], dir.path()).is_err());
 }
+
+/// A session remembers its decisions by every input of the request: the same statement shape
+/// gets the same answer, and a change of grant or relation is decided afresh.
+#[test]
+fn a_sessions_remembered_decisions_follow_its_grants_and_relations() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.cedar"),
+        r#"
+@id("read-all")
+permit(principal, action == Gatehouse::Action::"read", resource);
+@id("write-with-grant")
+permit(principal, action == Gatehouse::Action::"write", resource)
+  when { context.grants.contains("write-window") };
+@id("no-secrets")
+forbid(principal, action in [Gatehouse::Action::"read", Gatehouse::Action::"write"], resource)
+  when { context.relations.contains("public.secrets") };
+"#,
+    )
+    .unwrap();
+    let engine = PolicyEngine::new(load(&["p.cedar".to_string()], dir.path()).unwrap());
+    let identity = who(&["agents"]);
+    let conn = connection("dev");
+    let cache = engine.session_cache(&identity, &conn);
+    let on = |relation: &str, kind: StatementKind, grants: &[String]| {
+        let facts = RequestFacts {
+            identity: &identity,
+            connection: &conn,
+            client_ip: [127, 0, 0, 1].into(),
+            protocol: "postgres",
+            grants,
+        };
+        let c = Classification::Statements {
+            statements: vec![Statement {
+                command: "X".into(),
+                kind,
+                relations: vec![relation.into()],
+                functions: vec![],
+                prepares: None,
+                executes: None,
+            }],
+        };
+        engine.decide_cached(&cache, &facts, &c).verdict
+    };
+    let none: Vec<String> = Vec::new();
+    let granted = vec!["write-window".to_string()];
+    for _ in 0..2 {
+        assert_eq!(on("public.t", StatementKind::Read, &none), Verdict::Allow);
+        assert!(matches!(
+            on("public.secrets", StatementKind::Read, &none),
+            Verdict::Deny(d) if d.policy == "no-secrets"
+        ));
+        assert!(matches!(
+            on("public.t", StatementKind::Write, &none),
+            Verdict::Deny(_)
+        ));
+        assert_eq!(
+            on("public.t", StatementKind::Write, &granted),
+            Verdict::Allow
+        );
+        assert!(matches!(
+            on("public.t", StatementKind::Write, &none),
+            Verdict::Deny(_)
+        ));
+    }
+}
