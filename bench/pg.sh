@@ -93,6 +93,13 @@ EOF
   [ "$(id -u)" -eq 0 ] && chown postgres "$WORK/pgbouncer.ini" "$WORK/userlist.txt"
   as_pg pgbouncer -q "$WORK/pgbouncer.ini" &
   PIDS+=($!)
+  # PgBouncer's own pid (not runuser's), for its CPU time beside the gateway's.
+  for _ in $(seq 50); do
+    BOUNCER_PID=$(pgrep -f "^pgbouncer -q $WORK/pgbouncer.ini" | head -1 || true)
+    [ -n "$BOUNCER_PID" ] && break
+    sleep 0.1
+  done
+  [ -n "${BOUNCER_PID:-}" ] || { log "PgBouncer did not start (see $WORK/pgbouncer.log)"; exit 1; }
 fi
 
 log "starting Gatehouse on $GH_PORT"
@@ -152,7 +159,7 @@ sleep 0.5
 
 port_of() { case $1 in direct) echo "$PG_PORT";; pgbouncer) echo "$BOUNCER_PORT";; gatehouse) echo "$GH_PORT";; bare) echo "$BARE_PORT";; esac; }
 pass_of() { case $1 in gatehouse) echo "$TOKEN";; bare) echo "$BARE_TOKEN";; *) echo "$PW";; esac; }
-pid_of() { case $1 in bare) echo "$BARE_PID";; *) echo "$GH_PID";; esac; }
+pid_of() { case $1 in bare) echo "$BARE_PID";; pgbouncer) echo "$BOUNCER_PID";; *) echo "$GH_PID";; esac; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$(pid_of "$1")/stat"; }
 TICK=$(getconf CLK_TCK)
 
@@ -177,12 +184,12 @@ for round in $(seq "$ROUNDS"); do
       [ "$out" = FAILED ] && { log "pgbench reported failed transactions: $target $mode $script $clients"; exit 1; }
       tps=${out%%$'\t'*}; lat=${out##*$'\t'}
       cpu_us=""
-      if [ "$target" = gatehouse ] || [ "$target" = bare ]; then
+      if [ "$target" != direct ]; then
         cpu_us=$(awk -v t=$((after - before)) -v tick="$TICK" -v tps="$tps" -v d="$DURATION" 'BEGIN { printf "%.1f", t / tick * 1e6 / (tps * d) }')
       fi
       printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$script" "$mode" "$clients" "$target" "$tps" "$lat" >> "$RESULTS"
       [ -n "$cpu_us" ] && printf 'cpu\t%s\t%s\t%s\t%s\t%s\n' "$script" "$mode" "$clients" "$cpu_us" "$target" >> "$RESULTS"
-      log "round $round: $script $mode c=$clients $target: $tps tps, $lat ms${cpu_us:+, gateway CPU ${cpu_us} us/txn}"
+      log "round $round: $script $mode c=$clients $target: $tps tps, $lat ms${cpu_us:+, process CPU ${cpu_us} us/txn}"
     done
   done; done; done
 done
@@ -207,7 +214,9 @@ if len(gateways) == 2:
 latency_base = baselines[0] if baselines else None
 head = "| script | mode | clients | " + " | ".join(f"{t} tps" for t in targets) + " | "
 head += "".join(f"{g}/{b} | " for g, b in pairs)
-head += f"added latency over {latency_base or '-'} (ms) | " + " | ".join(f"{g} CPU/txn (us)" for g in gateways) + " |"
+# CPU per transaction of each proxy's own process (PgBouncer: one thread), from /proc.
+proxies = gateways + (['pgbouncer'] if 'pgbouncer' in targets else [])
+head += f"added latency over {latency_base or '-'} (ms) | " + " | ".join(f"{g} CPU/txn (us)" for g in proxies) + " |"
 print(head); print("|" + "---|" * (head.count("|") - 1))
 for k in keys:
     med = {t: statistics.median(tps[k + (t,)]) for t in targets if tps.get(k + (t,))}
@@ -216,7 +225,7 @@ for k in keys:
     for g, b in pairs:
         cells.append(f"{med[g] / med[b]:.2f}x" if g in med and med.get(b) else "-")
     cells.append(f"{mlat[gateways[0]] - mlat[latency_base]:+.3f}" if gateways and latency_base else "-")
-    for g in gateways:
+    for g in proxies:
         cells.append(f"{statistics.median(cpu[k + (g,)]):.0f}" if cpu.get(k + (g,)) else "-")
     print("| " + " | ".join(cells) + " |")
 EOF
