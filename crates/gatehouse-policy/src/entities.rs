@@ -135,8 +135,10 @@ fn common(
     ]
 }
 
-pub fn session_context(facts: &RequestFacts<'_>) -> Context {
-    Context::from_pairs(common(facts, None, UtcClock::now())).unwrap_or_else(|_| Context::empty())
+/// A context that cannot be built is an error, never an empty context: with attributes
+/// missing, Cedar skips every policy that reads them, `forbid` policies included.
+pub fn session_context(facts: &RequestFacts<'_>) -> Result<Context, String> {
+    Context::from_pairs(common(facts, None, UtcClock::now())).map_err(|e| e.to_string())
 }
 
 pub fn statement_context(
@@ -145,7 +147,7 @@ pub fn statement_context(
     statement: &Statement,
     approved: bool,
     clock: UtcClock,
-) -> Context {
+) -> Result<Context, String> {
     let mut pairs = common(facts, ip, clock);
     pairs.push(("command".into(), string(&statement.command)));
     pairs.push((
@@ -157,5 +159,5 @@ pub fn statement_context(
         RestrictedExpression::new_set(statement.functions.iter().map(|f| string(f))),
     ));
     pairs.push(("approved".into(), RestrictedExpression::new_bool(approved)));
-    Context::from_pairs(pairs).unwrap_or_else(|_| Context::empty())
+    Context::from_pairs(pairs).map_err(|e| e.to_string())
 }

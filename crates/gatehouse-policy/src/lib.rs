@@ -250,9 +250,13 @@ impl PolicyEngine {
         cache: &SessionCache,
         facts: &RequestFacts<'_>,
         action: &str,
-        context: cedar_policy::Context,
+        context: Result<cedar_policy::Context, String>,
         statement: Option<(&Statement, entities::UtcClock)>,
     ) -> Evaluation {
+        let context = match context {
+            Ok(context) => context,
+            Err(e) => return internal_denial(action, &e),
+        };
         let policies = &cache.policies;
         let Some(subset) = cache.subset(action) else {
             return internal_denial(action, "unknown action");
@@ -299,7 +303,8 @@ impl PolicyEngine {
                 true,
                 clock,
             );
-            if let Ok(r) = evaluate(approved)
+            if let Ok(approved) = approved
+                && let Ok(r) = evaluate(approved)
                 && r.decision() == CedarDecision::Allow
             {
                 let permitting: Vec<PolicyId> = r.diagnostics().reason().cloned().collect();
