@@ -7,7 +7,6 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 /// The hash before the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -94,10 +93,7 @@ pub fn encode_line(seq: u64, at: i64, event: &Event, prev: &str, out: &mut Vec<u
     out.extend_from_slice(event.data.as_bytes());
     out.extend_from_slice(b",\"prev\":");
     let _ = serde_json::to_writer(&mut *out, prev);
-    let mut hasher = Sha256::new();
-    hasher.update(&out[start..]);
-    hasher.update(b"}");
-    let hash = hex::encode(hasher.finalize());
+    let hash = sha256_hex(&[&out[start..], b"}"]);
     out.extend_from_slice(HASH_FIELD);
     out.extend_from_slice(hash.as_bytes());
     out.extend_from_slice(b"\"}\n");
@@ -113,10 +109,19 @@ pub fn line_hash(line: &[u8]) -> Option<(String, &str)> {
         return None;
     }
     let claimed = std::str::from_utf8(&suffix[HASH_FIELD.len()..HASH_FIELD.len() + 64]).ok()?;
-    let mut hasher = Sha256::new();
-    hasher.update(body);
-    hasher.update(b"}");
-    Some((hex::encode(hasher.finalize()), claimed))
+    Some((sha256_hex(&[body, b"}"]), claimed))
+}
+
+/// The SHA-256 of `parts` one after the other, in hex. By `ring`, whose SHA-256 is written in
+/// assembly for each CPU's vector instructions: the writer hashes every record on its one
+/// thread, and on CPUs without SHA extensions that is several times faster than a portable
+/// implementation.
+fn sha256_hex(parts: &[&[u8]]) -> String {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in parts {
+        context.update(part);
+    }
+    hex::encode(context.finish())
 }
 
 /// Text as it may be recorded: at most `max` bytes; longer text is cut and carries the
@@ -144,7 +149,7 @@ impl<'a> BoundedText<'a> {
         BoundedText::Cut {
             prefix: &text[..cut],
             bytes: text.len(),
-            sha256: hex::encode(Sha256::digest(text.as_bytes())),
+            sha256: sha256_hex(&[text.as_bytes()]),
         }
     }
 }
