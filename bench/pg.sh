@@ -30,6 +30,7 @@ SCRIPTS=${SCRIPTS:-"select tpcb"}
 CLIENTS=${CLIENTS:-"8 1"}
 TARGETS=${TARGETS:-"direct pgbouncer gatehouse bare"}
 AUDIT_DURABILITY=${AUDIT_DURABILITY:-strict}   # the audit log's [audit] durability (gatehouse target)
+AUDIT_WRITES=${AUDIT_WRITES:-direct}           # the audit log's [audit] writes: direct or buffered
 CONNECT=${CONNECT:-0}                          # 1: pgbench -C (connection setup per transaction)
 
 
@@ -111,6 +112,7 @@ postgres_listen = "127.0.0.1:$GH_PORT"
 max_pending_handshakes = 8192
 [audit]
 durability = "$AUDIT_DURABILITY"
+writes = "$AUDIT_WRITES"
 [policy]
 files = ["$PWD/examples/policies/*.cedar"]
 [[connections]]

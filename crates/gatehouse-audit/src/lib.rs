@@ -6,17 +6,19 @@
 //!
 //! - [`record`]: the line encoding (the hash covers the bytes as written) and the chain;
 //! - [`log`]: the writer (group commit, fsync, recovery of a torn tail);
+//! - `direct`: the writer's durable writes past the page cache (`O_DIRECT | O_DSYNC`);
 //! - [`read`]: reading the records back, for every reader alike;
 //! - [`verify`]: the verifier, which works offline on a copy of the file;
 //! - [`replay`]: one session's records as a timeline.
 
+mod direct;
 pub mod log;
 pub mod read;
 pub mod record;
 pub mod replay;
 pub mod verify;
 
-pub use log::{AuditLog, Durability, Pending};
+pub use log::{AuditLog, Durability, Pending, WriteMethod};
 pub use read::{LogLine, LogReader, ReadError};
 pub use record::{Event, Record};
 pub use verify::{ExportedCheckpoint, Verification, last_checkpoint, verify_file, verify_records};

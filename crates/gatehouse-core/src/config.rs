@@ -49,6 +49,10 @@ pub struct AuditConfig {
     /// them after masking (0: none). Kept only for sessions that masking applies to: results
     /// nobody masks are not copied into the long-lived log.
     pub result_excerpt_rows: usize,
+    /// `direct` (the default): records written with `O_DIRECT | O_DSYNC` where the filesystem
+    /// allows it; `buffered`: a write and an `fdatasync`, for filesystems whose direct I/O is
+    /// slow or emulated.
+    pub writes: gatehouse_audit::WriteMethod,
 }
 
 /// `[masking]`.
@@ -446,6 +450,7 @@ struct RawAudit {
     durability: Option<String>,
     checkpoint_every: Option<u64>,
     result_excerpt_rows: Option<usize>,
+    writes: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -853,6 +858,17 @@ impl RawConfig {
                 gatehouse_audit::Durability::Strict
             }
         };
+        let writes = match self.audit.writes.as_deref() {
+            None | Some("direct") => gatehouse_audit::WriteMethod::Direct,
+            Some("buffered") => gatehouse_audit::WriteMethod::Buffered,
+            Some(other) => {
+                problem(
+                    "audit.writes".into(),
+                    format!("\"{other}\" is not \"direct\" or \"buffered\""),
+                );
+                gatehouse_audit::WriteMethod::Direct
+            }
+        };
         let checkpoint_every = self.audit.checkpoint_every.unwrap_or(1000);
         if !(1..=1_000_000).contains(&checkpoint_every) {
             problem(
@@ -1034,6 +1050,7 @@ impl RawConfig {
                 durability,
                 checkpoint_every,
                 result_excerpt_rows,
+                writes,
             },
             reviews: ReviewsConfig {
                 timeout: self.reviews.timeout.unwrap_or(Duration::from_secs(300)),
@@ -1072,8 +1089,13 @@ mod tests {
         let c = parse("").unwrap();
         assert_eq!(c.audit.durability, gatehouse_audit::Durability::Strict);
         assert_eq!(c.audit.result_excerpt_rows, 3);
-        let c = parse("[audit]\ndurability = \"off\"\nresult_excerpt_rows = 0\n").unwrap();
+        assert_eq!(c.audit.writes, gatehouse_audit::WriteMethod::Direct);
+        let c = parse(
+            "[audit]\ndurability = \"off\"\nresult_excerpt_rows = 0\nwrites = \"buffered\"\n",
+        )
+        .unwrap();
         assert_eq!(c.audit.result_excerpt_rows, 0);
+        assert_eq!(c.audit.writes, gatehouse_audit::WriteMethod::Buffered);
         assert!(
             c.warnings()
                 .iter()
@@ -1081,10 +1103,13 @@ mod tests {
         );
         let e = format!(
             "{:?}",
-            parse("[audit]\ndurability = \"sometimes\"\nresult_excerpt_rows = 1000\n").unwrap_err()
+            parse("[audit]\ndurability = \"sometimes\"\nresult_excerpt_rows = 1000\nwrites = \"fast\"\n")
+                .unwrap_err()
         );
         assert!(
-            e.contains("audit.durability") && e.contains("audit.result_excerpt_rows"),
+            e.contains("audit.durability")
+                && e.contains("audit.result_excerpt_rows")
+                && e.contains("audit.writes"),
             "{e}"
         );
     }

@@ -69,10 +69,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
 
     let (recorder, _writer) = Recorder::start(store.clone());
-    let audit = gatehouse_audit::AuditLog::open(
+    let audit = gatehouse_audit::AuditLog::open_with(
         &data_dir.join(crate::audit::AUDIT_DIR),
         config.audit.durability,
         config.audit.checkpoint_every,
+        config.audit.writes,
     )
     .await
     .context("cannot open the audit log")?;
