@@ -44,7 +44,9 @@ pub(crate) struct DirectWriter {
 impl DirectWriter {
     /// Opens the log at `path` for direct writes after its last record at `end`, or `None` when
     /// the filesystem refuses them. The block that holds `end` is read back and written again
-    /// unchanged, so a filesystem that accepts the flag but not the writes is found here.
+    /// (its records unchanged, zeros after them, as the preallocated region holds), so a
+    /// filesystem that accepts the flag but not the writes is found here, not at the first
+    /// record.
     pub(crate) fn open(path: &Path, end: u64) -> Option<DirectWriter> {
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -69,8 +71,14 @@ impl DirectWriter {
                 .read_exact_at(&mut writer.bytes_mut()[..len], start)
                 .ok()?;
         }
-        match writer.write_pending() {
-            Ok(_) => Some(writer),
+        let probe = writer
+            .file
+            .write_all_at(&as_bytes(&mut writer.blocks)[..BLOCK], start);
+        match probe {
+            Ok(()) => {
+                writer.written = writer.len;
+                Some(writer)
+            }
             Err(e) => {
                 tracing::info!(error = %e, "audit log: direct writes refused by the filesystem; writing through the page cache");
                 None
@@ -129,6 +137,21 @@ fn as_bytes(blocks: &mut [Block]) -> &mut [u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_log_is_probed_with_a_block_of_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        std::fs::write(&path, b"").unwrap();
+        let Some(mut writer) = DirectWriter::open(&path, 0) else {
+            eprintln!("skipped: the temporary directory's filesystem refuses direct I/O");
+            return;
+        };
+        assert_eq!(std::fs::read(&path).unwrap(), vec![0u8; BLOCK]);
+        writer.push(b"one\n");
+        assert_eq!(writer.write_pending().unwrap(), 4);
+        assert_eq!(&std::fs::read(&path).unwrap()[..5], b"one\n\0");
+    }
 
     #[test]
     fn records_land_after_the_existing_ones_across_block_boundaries() {
