@@ -39,6 +39,33 @@ fn intent(params: &Option<Vec<Option<String>>>, policies: &[String], seq: i64) -
     )
 }
 
+/// Intent records encoded and chained one after another, as the writer makes them.
+struct Chain {
+    params: Option<Vec<Option<String>>>,
+    policies: Vec<String>,
+    prev: String,
+    seq: u64,
+}
+
+impl Chain {
+    fn new() -> Chain {
+        Chain {
+            params: Some(vec![Some("42".to_string())]),
+            policies: vec!["agents-read".to_string()],
+            prev: GENESIS.to_string(),
+            seq: 0,
+        }
+    }
+
+    /// Encodes the next record into `out` (cleared first).
+    fn next_into(&mut self, out: &mut Vec<u8>) {
+        out.clear();
+        self.seq += 1;
+        let event = intent(&self.params, &self.policies, self.seq as i64);
+        self.prev = encode_line(self.seq, 1, &event, &self.prev, out);
+    }
+}
+
 /// Mean time per record of `n` records appended by `callers` concurrent tasks.
 fn append_rate(rt: &tokio::runtime::Runtime, durability: Durability, callers: usize) -> Duration {
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -85,21 +112,12 @@ fn raw_sync_rate(preallocated: bool) -> (Duration, Duration) {
         file.set_len(gatehouse_audit::log::PREALLOCATE)
             .expect("extends");
     }
-    let params = Some(vec![Some("42".to_string())]);
-    let policies = vec!["agents-read".to_string()];
+    let mut chain = Chain::new();
     let mut buf = Vec::new();
-    let mut prev = GENESIS.to_string();
     let mut end = 0u64;
     let (started, cpu) = (Instant::now(), thread_cpu());
-    for i in 0..2000u64 {
-        buf.clear();
-        prev = encode_line(
-            i + 1,
-            1,
-            &intent(&params, &policies, i as i64),
-            &prev,
-            &mut buf,
-        );
+    for _ in 0..2000 {
+        chain.next_into(&mut buf);
         file.write_all_at(&buf, end).expect("writes");
         end += buf.len() as u64;
         file.sync_data().expect("syncs");
@@ -142,22 +160,13 @@ fn direct_sync_rate(zeroed: bool) -> (Duration, Duration) {
     assert!(!ptr.is_null(), "allocates");
     // SAFETY: `ptr` is a live allocation of `layout.size()` bytes owned by this function.
     let aligned = unsafe { std::slice::from_raw_parts_mut(ptr, layout.size()) };
-    let params = Some(vec![Some("42".to_string())]);
-    let policies = vec!["agents-read".to_string()];
+    let mut chain = Chain::new();
     let mut line = Vec::new();
-    let mut prev = GENESIS.to_string();
     // Bytes of the last, partly filled block held in `aligned[..tail]`; it starts at `block_at`.
     let (mut block_at, mut tail) = (0u64, 0usize);
     let (started, cpu) = (Instant::now(), thread_cpu());
-    for i in 0..2000u64 {
-        line.clear();
-        prev = encode_line(
-            i + 1,
-            1,
-            &intent(&params, &policies, i as i64),
-            &prev,
-            &mut line,
-        );
+    for _ in 0..2000 {
+        chain.next_into(&mut line);
         aligned[tail..tail + line.len()].copy_from_slice(&line);
         tail += line.len();
         let len = tail.div_ceil(BLOCK) * BLOCK;

@@ -21,7 +21,7 @@ use std::path::Path;
 
 /// The unit of a direct write: a multiple of every device's logical block size in use
 /// (512 or 4096 bytes), and the page size, so the buffer's alignment satisfies both.
-const BLOCK: usize = 4096;
+pub(crate) const BLOCK: usize = 4096;
 
 /// One block of the buffer. Its alignment is what makes a `Vec` of them usable for direct I/O.
 #[derive(Clone, Copy)]

@@ -418,7 +418,7 @@ impl Writer {
         fault::check()?;
         let end = self.end + bytes.len() as u64;
         // A direct write covers the whole last block, so the region must reach past it.
-        if end + 4096 > self.allocated {
+        if end + crate::direct::BLOCK as u64 > self.allocated {
             self.file.set_len(end + PREALLOCATE)?;
             self.allocated = end + PREALLOCATE;
         }
