@@ -31,6 +31,7 @@ CLIENTS=${CLIENTS:-"8 1"}
 TARGETS=${TARGETS:-"direct pgbouncer gatehouse bare"}
 AUDIT_DURABILITY=${AUDIT_DURABILITY:-strict}   # the audit log's [audit] durability (gatehouse target)
 AUDIT_WRITES=${AUDIT_WRITES:-direct}           # the audit log's [audit] writes: direct or buffered
+OVERLAP_READS=${OVERLAP_READS:-false}          # [audit] overlap_reads: reads forwarded while their intent syncs
 CONNECT=${CONNECT:-0}                          # 1: pgbench -C (connection setup per transaction)
 
 
@@ -113,6 +114,7 @@ max_pending_handshakes = 8192
 [audit]
 durability = "$AUDIT_DURABILITY"
 writes = "$AUDIT_WRITES"
+overlap_reads = $OVERLAP_READS
 [policy]
 files = ["$PWD/examples/policies/*.cedar"]
 [[connections]]

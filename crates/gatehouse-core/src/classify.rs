@@ -85,4 +85,17 @@ impl Classification {
             Classification::Refused { .. } => &[],
         }
     }
+
+    /// Whether running this command can change nothing that outlives it: every statement is a
+    /// read, and none runs code chosen earlier (FETCH runs a cursor's query, SQL-level EXECUTE
+    /// a prepared statement's), whose effects this classification does not show. Such a
+    /// command may reach the server while its audit intent is still being synced, as long as
+    /// nothing of its result reaches the client first (`[audit] overlap_reads`).
+    pub fn changes_nothing(&self) -> bool {
+        let statements = self.statements();
+        !statements.is_empty()
+            && statements.iter().all(|s| {
+                s.kind == StatementKind::Read && s.executes.is_none() && s.command != "Fetch"
+            })
+    }
 }

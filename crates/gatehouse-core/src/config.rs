@@ -53,6 +53,12 @@ pub struct AuditConfig {
     /// allows it; `buffered`: a write and an `fdatasync`, for filesystems whose direct I/O is
     /// slow or emulated.
     pub writes: gatehouse_audit::WriteMethod,
+    /// With `strict` durability, lets a command that changes nothing (see
+    /// [`crate::classify::Classification::changes_nothing`]) reach the server while its intent
+    /// record is being synced; nothing of its result reaches the client before the record is
+    /// on disk. Off by default: `strict` then means the record is on disk before the command is
+    /// forwarded at all.
+    pub overlap_reads: bool,
 }
 
 /// `[masking]`.
@@ -451,6 +457,7 @@ struct RawAudit {
     checkpoint_every: Option<u64>,
     result_excerpt_rows: Option<usize>,
     writes: Option<String>,
+    overlap_reads: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1051,6 +1058,7 @@ impl RawConfig {
                 checkpoint_every,
                 result_excerpt_rows,
                 writes,
+                overlap_reads: self.audit.overlap_reads.unwrap_or(false),
             },
             reviews: ReviewsConfig {
                 timeout: self.reviews.timeout.unwrap_or(Duration::from_secs(300)),
@@ -1090,12 +1098,17 @@ mod tests {
         assert_eq!(c.audit.durability, gatehouse_audit::Durability::Strict);
         assert_eq!(c.audit.result_excerpt_rows, 3);
         assert_eq!(c.audit.writes, gatehouse_audit::WriteMethod::Direct);
+        assert!(
+            !c.audit.overlap_reads,
+            "strict means before forwarding unless asked"
+        );
         let c = parse(
-            "[audit]\ndurability = \"off\"\nresult_excerpt_rows = 0\nwrites = \"buffered\"\n",
+            "[audit]\ndurability = \"off\"\nresult_excerpt_rows = 0\nwrites = \"buffered\"\noverlap_reads = true\n",
         )
         .unwrap();
         assert_eq!(c.audit.result_excerpt_rows, 0);
         assert_eq!(c.audit.writes, gatehouse_audit::WriteMethod::Buffered);
+        assert!(c.audit.overlap_reads);
         assert!(
             c.warnings()
                 .iter()

@@ -17,7 +17,7 @@ use crate::classify::Classification;
 use crate::config::ConnectionConfig;
 use crate::identity::Identity;
 use crate::pipeline::{
-    CommandStart, Completion, Decision, Denial, Pipeline, SessionStart, Verdict,
+    CommandStart, Completion, Decision, Denial, Intent, Pipeline, SessionStart, Verdict,
 };
 use crate::reviews::TakeError;
 use crate::store::{Outcome, ReviewRow};
@@ -237,11 +237,18 @@ impl Pipeline {
             Verdict::Allow | Verdict::Review(_) => {
                 let max_rows = request.max_rows.clamp(1, MAX_ROWS);
                 let inflight = session.begin(1, start, decision);
-                if let Some(pending) = session
+                // Held until its intent is on disk: the command, or (for a read with
+                // `[audit] overlap_reads`) only its result.
+                let mut hold_result = None;
+                match session
                     .audit_intent(&inflight)
                     .map_err(|_| ExecError::Recording)?
                 {
-                    pending.wait().await.map_err(|_| ExecError::Recording)?;
+                    Some(Intent::BeforeForwarding(pending)) => {
+                        pending.wait().await.map_err(|_| ExecError::Recording)?;
+                    }
+                    Some(Intent::BeforeResult(pending)) => hold_result = Some(pending),
+                    None => {}
                 }
                 let masking = self.masking_for(request.identity, &connection.name);
                 // Results are copied into the audit log only once masked (see
@@ -251,7 +258,15 @@ impl Pipeline {
                 } else {
                     0
                 };
-                let result = runner.run(connection, &text, max_rows, masking).await;
+                let run = runner.run(connection, &text, max_rows, masking);
+                let result = match hold_result {
+                    Some(pending) => {
+                        let (result, recorded) = tokio::join!(run, pending.wait());
+                        recorded.map_err(|_| ExecError::Recording)?;
+                        result
+                    }
+                    None => run.await,
+                };
                 let done = match &result {
                     Ok(r) => Completion {
                         outcome: Outcome::Ok,

@@ -337,6 +337,7 @@ impl Pipeline {
             recorder: self.recorder.clone(),
             reviews: self.reviews.clone(),
             audit: self.audit.clone(),
+            overlap_reads: self.config.audit.overlap_reads,
         })
     }
 }
@@ -358,6 +359,29 @@ pub struct SessionHandle {
     recorder: Recorder,
     reviews: Arc<Reviews>,
     audit: Option<gatehouse_audit::AuditLog>,
+    /// `[audit] overlap_reads`: see [`Intent`].
+    overlap_reads: bool,
+}
+
+/// A command's queued `statement.intent` record, and what must wait until it is on disk. With
+/// `strict` durability the record is on disk before the command can have any effect: before it
+/// is forwarded, or, for a command that changes nothing when `[audit] overlap_reads` is on,
+/// before any of its result reaches the client (the sync then runs while the server works).
+/// Either way, a crash never leaves a change or a delivered result without its record.
+pub enum Intent {
+    /// Forward the command only once the record is on disk.
+    BeforeForwarding(gatehouse_audit::Pending),
+    /// The command may be forwarded at once; hold its result until the record is on disk.
+    BeforeResult(gatehouse_audit::Pending),
+}
+
+impl Intent {
+    /// The record's pending write, whichever point must wait for it.
+    pub fn into_pending(self) -> gatehouse_audit::Pending {
+        match self {
+            Intent::BeforeForwarding(p) | Intent::BeforeResult(p) => p,
+        }
+    }
 }
 
 impl SessionHandle {
@@ -438,12 +462,9 @@ impl SessionHandle {
         }
     }
 
-    /// Queues the audit log's intent record of a command about to be forwarded. Wait on the
-    /// result before forwarding (strict durability); an error means the command must not run.
-    pub fn audit_intent(
-        &self,
-        command: &InFlight,
-    ) -> Result<Option<gatehouse_audit::Pending>, RecordError> {
+    /// Queues the audit log's intent record of a command about to be forwarded; the [`Intent`]
+    /// says where to wait for it. An error means the command must not run.
+    pub fn audit_intent(&self, command: &InFlight) -> Result<Option<Intent>, RecordError> {
         let Some(audit) = &self.audit else {
             return Ok(None);
         };
@@ -462,10 +483,22 @@ impl SessionHandle {
                 policies: &command.decision.policies,
             },
         );
-        audit.enqueue(event).map(Some).map_err(|e| {
+        let pending = audit.enqueue(event).map_err(|e| {
             tracing::error!(error = %e, "cannot queue an audit record");
             RecordError
-        })
+        })?;
+        let changes_nothing = || {
+            command
+                .command
+                .classification
+                .as_deref()
+                .is_some_and(Classification::changes_nothing)
+        };
+        Ok(Some(if self.overlap_reads && changes_nothing() {
+            Intent::BeforeResult(pending)
+        } else {
+            Intent::BeforeForwarding(pending)
+        }))
     }
 
     /// Records how a command ended. An error means the command could not be recorded and the

@@ -238,6 +238,50 @@ fn code_execution() {
     }
 }
 
+/// Which commands may reach the server while their audit intent is still being synced
+/// (`[audit] overlap_reads`): only those that cannot change anything.
+#[test]
+fn commands_that_change_nothing() {
+    for sql in [
+        "select * from orders where id = 1",
+        "select count(*), max(total) from orders",
+        "with o as (select * from orders) select * from o",
+        "show statement_timeout",
+        "explain select * from orders",
+        "copy orders to stdout",
+        "select 1; select 2",
+        "declare c cursor for select * from orders",
+        "select pg_sleep(0)",
+    ] {
+        assert!(classify(sql).changes_nothing(), "{sql}");
+    }
+    for sql in [
+        "insert into orders values (1)",
+        "select * from orders for update",
+        "select * from orders for share",
+        "select nextval('s')",
+        "select pg_notify('c', 'x')",
+        "select pg_advisory_lock(1)",
+        "select purge_old_orders()",
+        "select * into t2 from orders",
+        "with d as (delete from orders returning *) select * from d",
+        "explain analyze delete from orders",
+        "select 1; delete from orders",
+        "fetch 10 from c",
+        "move 10 in c",
+        "execute p",
+        "begin",
+        "commit",
+        "set statement_timeout = 0",
+        "copy orders from stdin",
+        "select pg_terminate_backend(1)",
+        "",
+        "selec 1",
+    ] {
+        assert!(!classify(sql).changes_nothing(), "{sql}");
+    }
+}
+
 #[test]
 fn sessions_and_transactions() {
     for sql in [

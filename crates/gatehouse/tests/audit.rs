@@ -233,3 +233,100 @@ async fn a_gateway_that_cannot_write_its_audit_log_runs_nothing() {
     );
     assert!(ok, "{err}");
 }
+
+/// Scans of `table` PostgreSQL has counted (`pg_stat_user_tables.seq_scan`). A backend
+/// reports its counts when its transaction ends idle or when it exits, so callers poll.
+fn seq_scans(table: &str) -> i64 {
+    common::cluster()
+        .psql_direct(
+            "app",
+            common::APP_PASSWORD,
+            "appdb",
+            &format!("SELECT seq_scan FROM pg_stat_user_tables WHERE relname = '{table}'"),
+        )
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// `[audit] overlap_reads`: a statement that changes nothing reaches the server while its intent
+/// record is being synced, and its result reaches the client only once the record is on disk.
+/// Reads and writes work as usual and every statement's intent precedes its outcome; when the
+/// log cannot be written, the read still runs on the server (that is the overlap) but the
+/// client gets none of its rows, only the session's end with 58000.
+#[tokio::test]
+async fn overlapped_reads_never_deliver_a_result_without_its_record() {
+    common::cluster().psql_direct(
+        "app",
+        common::APP_PASSWORD,
+        "appdb",
+        "DROP TABLE IF EXISTS overlap_probe, overlap_withheld; \
+         CREATE TABLE overlap_probe (id int, note text); \
+         INSERT INTO overlap_probe VALUES (1, 'withheld'); \
+         CREATE TABLE overlap_withheld AS SELECT * FROM overlap_probe",
+    );
+    let gw = Gateway::start_with(GatewayOptions {
+        extra_sections: "[audit]\noverlap_reads = true\n".into(),
+        ..Default::default()
+    });
+    let token = gw.token("overlapping", &["agents"]);
+    let client = common::connect(&gw, "appdb", &token).await;
+
+    // Simple and extended protocol reads, pipelined reads, and a write (which still waits for
+    // its record before it is forwarded).
+    let rows = client
+        .simple_query("select note from overlap_probe where id = 1")
+        .await
+        .unwrap();
+    assert!(rows.iter().any(|m| matches!(m,
+            tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("withheld"))));
+    let (a, b) = tokio::join!(
+        client.query_one("select note from overlap_probe where id = $1", &[&1i32]),
+        client.query("select id from overlap_probe order by id", &[]),
+    );
+    assert_eq!(a.unwrap().get::<_, String>(0), "withheld");
+    assert_eq!(b.unwrap().len(), 1);
+    client
+        .execute("insert into overlap_probe values (2, 'two')", &[])
+        .await
+        .unwrap();
+    let count: i64 = client
+        .query_one("select count(*) from overlap_probe", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 2);
+
+    // Every statement's intent is in the log, before its outcome.
+    let records = gw.audit_records();
+    let position = |kind: &str, seq: i64| {
+        records
+            .iter()
+            .position(|r| r["kind"] == kind && r["data"]["seq"] == seq)
+    };
+    for seq in 1..=5 {
+        let intent = position("statement.intent", seq)
+            .unwrap_or_else(|| panic!("no intent for statement {seq}: {records:?}"));
+        if let Some(outcome) = position("statement.outcome", seq) {
+            assert!(intent < outcome, "statement {seq}'s outcome came first");
+        }
+    }
+
+    // The log fails: the read is forwarded at once and runs (on a table nothing else reads),
+    // but its rows never reach the client.
+    let scans_before = seq_scans("overlap_withheld");
+    std::fs::write(gw.dir.path().join(common::AUDIT_FAULT_FILE), "").unwrap();
+    let err = client
+        .simple_query("select note from overlap_withheld where id = 1")
+        .await
+        .expect_err("no result reaches the client without its audit record");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("an error from the gateway, not {err:?}\n{}", gw.log()));
+    assert_eq!(db.code().code(), "58000", "{err}");
+    assert!(db.message().contains("did not send its result"), "{err}");
+    assert!(client.is_closed() || client.simple_query("select 1").await.is_err());
+    gw.wait_for("the withheld read's scan to be counted", || {
+        (seq_scans("overlap_withheld") > scans_before).then_some(())
+    });
+}

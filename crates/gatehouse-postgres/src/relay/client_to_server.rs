@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use bytes::BytesMut;
 use gatehouse_core::classify::{Classification, Statement};
 use gatehouse_core::pipeline::{
-    CommandStart, Decision, Denial, InFlight, ReviewNeeded, SessionHandle, Verdict, cap_params,
+    CommandStart, Decision, Denial, InFlight, Intent, ReviewNeeded, SessionHandle, Verdict,
+    cap_params,
 };
 use gatehouse_core::reviews::ReviewOutcome;
 use gatehouse_core::store::ReviewRow;
@@ -572,7 +573,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
     fn begin_forwarded(&mut self, start: CommandStart, decision: Decision) -> InFlight {
         let inflight = self.begin(start, decision);
         match self.session.audit_intent(&inflight) {
-            Ok(Some(pending)) => self.intents.push(pending),
+            Ok(Some(Intent::BeforeForwarding(pending))) => self.intents.push(pending),
+            // Announced right before the command's own entry, so the other side knows where
+            // its answer begins.
+            Ok(Some(Intent::BeforeResult(pending))) => self.push(Expect::Recorded(pending)),
             Ok(None) => {}
             Err(_) => self.audit_failed = true,
         }

@@ -86,7 +86,15 @@ pub(super) enum Expect {
     /// A Describe of the portal the next Execute runs, added by the gateway so masking knows
     /// the result's columns; its answer (RowDescription or NoData) is not forwarded.
     InjectedDescribe,
+    /// The audit intent of the command announced next, which changes nothing and was forwarded
+    /// without waiting for it (`[audit] overlap_reads`): nothing the server sends from here on
+    /// reaches the client before the record is on disk.
+    Recorded(gatehouse_audit::Pending),
 }
+
+/// How long a session's end waits for the audit log to take the intents of reads whose answers
+/// are still to be sent; past it, those answers are dropped.
+const LAST_ANSWERS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Limits for one session's relay.
 #[derive(Clone, Copy)]
@@ -176,12 +184,27 @@ where
             .as_ref()
             .and_then(|_| crate::excerpt::ExcerptBuilder::new(limits.result_excerpt_rows)),
         masking,
+        announced: 0,
+        settled_at: 0,
+        held: VecDeque::new(),
+        unrecorded_from: None,
+        audit_failed: false,
     };
     let checker = downstream.session.clone();
     let reason = tokio::select! {
         r = upstream.run() => r,
         r = downstream.run() => r,
         r = recheck_credential(&checker, limits.credential_recheck) => r,
+    };
+    // Answers already read from the server reach the client only once the intents they wait
+    // for are on disk, and before the session's last message.
+    let reason = match tokio::time::timeout(LAST_ANSWERS_WAIT, downstream.await_recorded()).await {
+        Ok(Ok(())) => reason,
+        Ok(Err(failed)) => failed,
+        Err(_) => {
+            downstream.withhold_unrecorded();
+            reason
+        }
     };
     match &reason {
         EndReason::CredentialInvalid(why) => {
@@ -192,7 +215,7 @@ where
         EndReason::AuditFailed => {
             GatewayError::fatal(
                 "58000",
-                "Gatehouse cannot write its audit log, so it did not run the statement and ended the session",
+                "Gatehouse cannot write its audit log, so it did not run the statement (or, for a read, did not send its result) and ended the session",
             )
             .with_hint("an administrator should check the gateway's data directory; reconnect later")
             .encode(&mut downstream.out);

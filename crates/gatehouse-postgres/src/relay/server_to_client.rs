@@ -60,6 +60,19 @@ pub(super) struct ServerToClient<R, W> {
     /// The first rows of the current command's result, for its audit record (sessions with
     /// masking only).
     pub(super) excerpt: Option<crate::excerpt::ExcerptBuilder>,
+    /// Entries ever moved into `queue`; with its length, how many have been settled.
+    pub(super) announced: u64,
+    /// Where in `out` the answer to the last settled entry ends: what follows belongs to
+    /// entries still queued or not yet announced.
+    pub(super) settled_at: usize,
+    /// Intent records (see [`Expect::Recorded`]) to wait for before `out` is written, each
+    /// with where in `out` the answer it holds back begins.
+    pub(super) held: VecDeque<(usize, gatehouse_audit::Pending)>,
+    /// Where the answers not yet confirmed recorded begin in `out`, while any are.
+    pub(super) unrecorded_from: Option<usize>,
+    /// An intent record could not be written: the answers it held back were dropped, and the
+    /// session is ending.
+    pub(super) audit_failed: bool,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
@@ -77,10 +90,18 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
                     self.out.extend_from_slice(&bytes);
                     Ok(())
                 }
-                Some(Unit::Frame(frame)) => self.handle(frame).await,
+                Some(Unit::Frame(frame)) => {
+                    let settled = self.settled_count();
+                    let handled = self.handle(frame).await;
+                    if self.settled_count() != settled {
+                        self.settled_at = self.out.len();
+                    }
+                    self.take_recorded();
+                    handled
+                }
                 None => {
-                    if let Err(e) = self.flush().await {
-                        return EndReason::Io(e.to_string());
+                    if let Err(reason) = self.flush().await {
+                        return reason;
                     }
                     tokio::select! {
                         biased;
@@ -96,8 +117,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
                                     return EndReason::ProtocolViolation(reason);
                                 }
                                 Some(other) => {
-                                    self.queue.push_back(other);
+                                    self.announce(other);
                                     self.release_notices();
+                                    self.take_recorded();
                                 }
                                 None => {}
                             }
@@ -113,13 +135,73 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
         }
     }
 
-    async fn flush(&mut self) -> std::io::Result<()> {
+    async fn flush(&mut self) -> Result<(), EndReason> {
+        self.await_recorded().await?;
         if !self.out.is_empty() {
-            self.client.write_all(&self.out).await?;
-            self.client.flush().await?;
+            let written = async {
+                self.client.write_all(&self.out).await?;
+                self.client.flush().await
+            };
+            written.await.map_err(|e| EndReason::Io(e.to_string()))?;
             self.out.clear();
+            self.settled_at = 0;
         }
         Ok(())
+    }
+
+    /// Moves an announced entry into the queue.
+    fn announce(&mut self, e: Expect) {
+        self.announced += 1;
+        self.queue.push_back(e);
+    }
+
+    /// How many announced entries have been answered (or dropped).
+    fn settled_count(&self) -> u64 {
+        self.announced - self.queue.len() as u64
+    }
+
+    /// Takes the intent records at the front of the queue: everything answered before them is
+    /// in `out` up to `settled_at`, and what follows waits for them.
+    fn take_recorded(&mut self) {
+        while let Some(Expect::Recorded(_)) = self.queue.front() {
+            if let Some(Expect::Recorded(pending)) = self.queue.pop_front() {
+                self.unrecorded_from.get_or_insert(self.settled_at);
+                self.held.push_back((self.settled_at, pending));
+            }
+        }
+    }
+
+    /// Waits until the audit log holds the intent of every command whose answer is in `out`
+    /// and was forwarded without waiting for it, so no result reaches the client before its
+    /// statement is on record. The records are usually on disk already: the sync ran while the
+    /// server worked. When one cannot be written, the answers from its command on are dropped
+    /// and the session ends.
+    pub(super) async fn await_recorded(&mut self) -> Result<(), EndReason> {
+        let announced = self.drain_announced();
+        self.take_recorded();
+        while let Some((at, pending)) = self.held.pop_front() {
+            if self.audit_failed {
+                continue;
+            }
+            self.unrecorded_from = Some(at);
+            if pending.wait().await.is_err() {
+                self.withhold_unrecorded();
+                return Err(EndReason::AuditFailed);
+            }
+        }
+        self.unrecorded_from = None;
+        announced
+    }
+
+    /// Drops, for good, the answers in `out` not confirmed recorded: the session is ending
+    /// without a record of the commands they answer. Only the gateway's own messages follow.
+    pub(super) fn withhold_unrecorded(&mut self) {
+        self.audit_failed = true;
+        if let Some(at) = self.unrecorded_from.take() {
+            self.out.truncate(at);
+            self.settled_at = self.settled_at.min(at);
+        }
+        self.held.clear();
     }
 
     /// Sends the notices at the front of the queue: everything announced before them has been
@@ -128,6 +210,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
         while let Some(Expect::Notice(_)) = self.queue.front() {
             if let Some(Expect::Notice(bytes)) = self.queue.pop_front() {
                 self.out.extend_from_slice(&bytes);
+                self.settled_at = self.out.len();
             }
         }
     }
@@ -139,7 +222,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
                 self.out.extend_from_slice(&error);
                 return Err(EndReason::ProtocolViolation(reason));
             }
-            self.queue.push_back(e);
+            self.announce(e);
         }
         Ok(())
     }
@@ -327,6 +410,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
     /// Records a queued command that got no answer of its own.
     async fn settle(&mut self, e: Expect, outcome: Outcome) -> Result<(), EndReason> {
         match e {
+            // Passed over on the way to a later entry: what followed the last settled entry
+            // waits for it, as it would have at the front.
+            Expect::Recorded(pending) => {
+                self.unrecorded_from.get_or_insert(self.settled_at);
+                self.held.push_back((self.settled_at, pending));
+                Ok(())
+            }
             Expect::Simple(cmd) | Expect::Execute(cmd) => {
                 self.complete(cmd, outcome, None, None).await
             }

@@ -288,6 +288,23 @@ pub struct GatewayOptions {
     pub policy_reload_interval: Option<String>,
 }
 
+/// `GATEHOUSE_TEST_OVERLAP_READS=1` runs every gateway with `[audit] overlap_reads = true`, so
+/// that the protocol tests also cover reads whose answers wait for their intent records
+/// (`scripts/test` runs the wire-level suites a second time this way).
+fn with_test_audit_settings(mut sections: String) -> String {
+    if std::env::var_os("GATEHOUSE_TEST_OVERLAP_READS").is_some_and(|v| v == "1") {
+        let line = "overlap_reads = true\n";
+        match sections.find("[audit]\n") {
+            Some(at) if !sections.contains("overlap_reads") => {
+                sections.insert_str(at + "[audit]\n".len(), line)
+            }
+            Some(_) => {}
+            None => sections = format!("[audit]\n{line}{sections}"),
+        }
+    }
+    sections
+}
+
 /// A running `gatehouse serve`, stopped when dropped.
 pub struct Gateway {
     child: Child,
@@ -414,7 +431,7 @@ password = "env:GH_TEST_WRONG_PASSWORD"
 
 {extra_sections}
 "#,
-            extra_sections = options.extra_sections,
+            extra_sections = with_test_audit_settings(options.extra_sections),
             server_extra = options.server_extra,
             connections_extra = options.connections_extra,
             port = cluster.port,
