@@ -83,17 +83,49 @@ enum Message {
 
 /// A record queued for the log; [`Pending::wait`] returns once it is on disk (strict) or at
 /// once (batched).
-pub struct Pending(Option<oneshot::Receiver<Result<u64, String>>>);
+pub struct Pending {
+    /// The writer's answer, until it has come.
+    answer: Option<oneshot::Receiver<Result<u64, String>>>,
+    /// How the wait ended when it failed, so that waiting again fails the same way.
+    failure: Option<WaitFailure>,
+}
+
+#[derive(Clone)]
+enum WaitFailure {
+    Io(String),
+    Stopped,
+}
 
 impl Pending {
-    pub async fn wait(self) -> Result<(), AuditError> {
-        match self.0 {
+    fn new(answer: Option<oneshot::Receiver<Result<u64, String>>>) -> Self {
+        Pending {
+            answer,
+            failure: None,
+        }
+    }
+
+    pub async fn wait(mut self) -> Result<(), AuditError> {
+        self.durable().await
+    }
+
+    /// [`Pending::wait`] for a caller whose wait may be cancelled (one direction of a relay,
+    /// dropped when the other ends): the record is kept, and waiting again picks up where the
+    /// wait stopped. Once answered, every later call returns the same answer at once.
+    pub async fn durable(&mut self) -> Result<(), AuditError> {
+        if let Some(answer) = &mut self.answer {
+            // Polling the receiver by reference leaves it in place if this future is dropped.
+            let outcome = answer.await;
+            self.answer = None;
+            match outcome {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => self.failure = Some(WaitFailure::Io(e)),
+                Err(_) => self.failure = Some(WaitFailure::Stopped),
+            }
+        }
+        match &self.failure {
             None => Ok(()),
-            Some(rx) => match rx.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(AuditError::Io(std::io::Error::other(e))),
-                Err(_) => Err(AuditError::Stopped),
-            },
+            Some(WaitFailure::Io(e)) => Err(AuditError::Io(std::io::Error::other(e.clone()))),
+            Some(WaitFailure::Stopped) => Err(AuditError::Stopped),
         }
     }
 }
@@ -226,7 +258,7 @@ impl AuditLog {
             return Err(AuditError::Stopped);
         }
         let (done, wait) = match self.durability {
-            Durability::Off => return Ok(Pending(None)),
+            Durability::Off => return Ok(Pending::new(None)),
             Durability::Batched => (None, None),
             Durability::Strict => {
                 let (tx, rx) = oneshot::channel();
@@ -236,7 +268,7 @@ impl AuditLog {
         self.tx
             .send(Message::Record(Job { event, done }))
             .map_err(|_| AuditError::Stopped)?;
-        Ok(Pending(wait))
+        Ok(Pending::new(wait))
     }
 
     /// Stops the log cleanly: writes what is queued, signs a last checkpoint, cuts the
@@ -745,6 +777,37 @@ mod tests {
         };
         assert!(matches!(
             log.enqueue(Event::new("statement.intent", None, json!({}))),
+            Err(AuditError::Stopped)
+        ));
+    }
+
+    /// A relay's direction can be dropped mid-wait; the record it waited for must still be
+    /// waited for (and never be taken as on disk) by whoever waits next.
+    #[tokio::test]
+    async fn a_wait_cut_short_resumes_and_an_answer_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path(), Durability::Strict, 1000)
+            .await
+            .unwrap();
+        let mut pending = log
+            .enqueue(Event::new("statement.intent", None, json!({"n": 1})))
+            .unwrap();
+        // Dropped before the writer can have answered (it runs on its own thread).
+        let _ = tokio::time::timeout(Duration::ZERO, pending.durable()).await;
+        pending.durable().await.unwrap();
+        pending.durable().await.unwrap();
+
+        // A record the writer never answers (it stopped): every wait fails, not only the first.
+        log.close().await;
+        let (tx, rx) = oneshot::channel::<Result<u64, String>>();
+        drop(tx);
+        let mut unanswered = Pending::new(Some(rx));
+        assert!(matches!(
+            unanswered.durable().await,
+            Err(AuditError::Stopped)
+        ));
+        assert!(matches!(
+            unanswered.durable().await,
             Err(AuditError::Stopped)
         ));
     }

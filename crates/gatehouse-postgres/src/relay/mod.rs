@@ -187,7 +187,6 @@ where
         announced: 0,
         settled_at: 0,
         held: VecDeque::new(),
-        unrecorded_from: None,
         audit_failed: false,
     };
     let checker = downstream.session.clone();

@@ -66,10 +66,9 @@ pub(super) struct ServerToClient<R, W> {
     /// entries still queued or not yet announced.
     pub(super) settled_at: usize,
     /// Intent records (see [`Expect::Recorded`]) to wait for before `out` is written, each
-    /// with where in `out` the answer it holds back begins.
+    /// with where in `out` the answer it holds back begins. An entry leaves only once its
+    /// record is on disk, so a wait cut short (this side dropped) loses nothing.
     pub(super) held: VecDeque<(usize, gatehouse_audit::Pending)>,
-    /// Where the answers not yet confirmed recorded begin in `out`, while any are.
-    pub(super) unrecorded_from: Option<usize>,
     /// An intent record could not be written: the answers it held back were dropped, and the
     /// session is ending.
     pub(super) audit_failed: bool,
@@ -165,7 +164,6 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
     fn take_recorded(&mut self) {
         while let Some(Expect::Recorded(_)) = self.queue.front() {
             if let Some(Expect::Recorded(pending)) = self.queue.pop_front() {
-                self.unrecorded_from.get_or_insert(self.settled_at);
                 self.held.push_back((self.settled_at, pending));
             }
         }
@@ -179,17 +177,17 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
     pub(super) async fn await_recorded(&mut self) -> Result<(), EndReason> {
         let announced = self.drain_announced();
         self.take_recorded();
-        while let Some((at, pending)) = self.held.pop_front() {
-            if self.audit_failed {
-                continue;
-            }
-            self.unrecorded_from = Some(at);
-            if pending.wait().await.is_err() {
+        if self.audit_failed {
+            // What they held back is gone already; `out` holds only what may be sent.
+            self.held.clear();
+        }
+        while let Some((_, pending)) = self.held.front_mut() {
+            if pending.durable().await.is_err() {
                 self.withhold_unrecorded();
                 return Err(EndReason::AuditFailed);
             }
+            self.held.pop_front();
         }
-        self.unrecorded_from = None;
         announced
     }
 
@@ -197,7 +195,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
     /// without a record of the commands they answer. Only the gateway's own messages follow.
     pub(super) fn withhold_unrecorded(&mut self) {
         self.audit_failed = true;
-        if let Some(at) = self.unrecorded_from.take() {
+        if let Some(at) = self.held.iter().map(|(at, _)| *at).min() {
             self.out.truncate(at);
             self.settled_at = self.settled_at.min(at);
         }
@@ -413,7 +411,6 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ServerToClient<R, W> {
             // Passed over on the way to a later entry: what followed the last settled entry
             // waits for it, as it would have at the front.
             Expect::Recorded(pending) => {
-                self.unrecorded_from.get_or_insert(self.settled_at);
                 self.held.push_back((self.settled_at, pending));
                 Ok(())
             }
