@@ -38,6 +38,18 @@ pub trait Authorizer: Send + Sync {
         protocol: &str,
     ) -> Verdict;
 
+    /// How policy would decide `classification` for `identity` on `connection`, outside any
+    /// session: for what a catalog listing may show (`describe` shows only tables the caller
+    /// may read, possibly after approval).
+    fn authorize_outside_session(
+        &self,
+        identity: &Identity,
+        connection: &ConnectionConfig,
+        client: SocketAddr,
+        protocol: &str,
+        classification: &Classification,
+    ) -> Decision;
+
     /// State the authorizer keeps per session (such as what it can precompute from the
     /// identity and connection), handed back through [`SessionHandle::authorizer_state`].
     fn session_state(
@@ -273,6 +285,24 @@ impl Pipeline {
     ) -> Verdict {
         self.authorizer
             .authorize_connect(identity, connection, client, protocol)
+    }
+
+    /// See [`Authorizer::authorize_outside_session`].
+    pub fn authorize_outside_session(
+        &self,
+        identity: &Identity,
+        connection: &ConnectionConfig,
+        client: SocketAddr,
+        protocol: &str,
+        classification: &Classification,
+    ) -> Decision {
+        self.authorizer.authorize_outside_session(
+            identity,
+            connection,
+            client,
+            protocol,
+            classification,
+        )
     }
 
     /// Opens and records a session; every later command of the session goes through the

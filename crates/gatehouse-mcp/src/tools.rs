@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use gatehouse_core::classify::{Classification, Statement, StatementKind};
 use gatehouse_core::config::{ConnectionConfig, MaskTarget};
 use gatehouse_core::exec::{ExecOutcome, ExecRequest};
 use gatehouse_core::grants::GrantRequest;
@@ -90,6 +91,20 @@ fn caller(parts: &http::request::Parts) -> Result<(Identity, std::net::SocketAdd
     Ok((identity, client))
 }
 
+/// A plain `SELECT` of every column of `schema.table`, as the classifier would describe it.
+fn read_of(schema: &str, table: &str) -> Classification {
+    Classification::Statements {
+        statements: vec![Statement {
+            command: "SELECT".into(),
+            kind: StatementKind::Read,
+            relations: vec![format!("{schema}.{table}")],
+            functions: Vec::new(),
+            prepares: None,
+            executes: None,
+        }],
+    }
+}
+
 fn refused(status: &str, message: String) -> ToolResult {
     Ok(CallToolResult::structured_error(
         json!({ "status": status, "message": message }),
@@ -134,7 +149,7 @@ impl GatehouseTools {
     }
 
     #[tool(
-        description = "Describe a connection: its schemas, tables and columns, with masked columns marked (their values come back masked)."
+        description = "Describe a connection: the tables you may read (access: allowed, or needs_approval), their columns, with masked columns marked (their values come back masked)."
     )]
     async fn describe(
         &self,
@@ -182,11 +197,34 @@ impl GatehouseTools {
                 })
             })
         };
+        // Only tables the caller may read show, each with whether reading it needs approval:
+        // policy decides a plain read of each as it would decide the caller's own query.
+        let access = |schema: &str, table: &str| {
+            let read = read_of(schema, table);
+            match self
+                .state
+                .pipeline
+                .authorize_outside_session(&identity, &connection, client, "mcp", &read)
+                .verdict
+            {
+                Verdict::Allow => Some("allowed"),
+                Verdict::Review(_) => Some("needs_approval"),
+                Verdict::Deny(_) => None,
+            }
+        };
         let mut tables: Vec<Value> = Vec::new();
+        let mut hidden = 0usize;
+        let mut current_hidden: Option<(String, String)> = None;
         for row in result.results.iter().flat_map(|r| r.rows.iter()) {
             let [Some(schema), Some(table), Some(column), Some(kind)] = row.as_slice() else {
                 continue;
             };
+            if current_hidden
+                .as_ref()
+                .is_some_and(|(s, t)| s == schema && t == table)
+            {
+                continue;
+            }
             let entry =
                 json!({ "name": column, "type": kind, "masked": is_masked(schema, table, column) });
             match tables.last_mut() {
@@ -195,7 +233,16 @@ impl GatehouseTools {
                         cols.push(entry);
                     }
                 }
-                _ => tables.push(json!({ "schema": schema, "table": table, "columns": [entry] })),
+                _ => match access(schema, table) {
+                    Some(access) => {
+                        current_hidden = None;
+                        tables.push(json!({ "schema": schema, "table": table, "access": access, "columns": [entry] }));
+                    }
+                    None => {
+                        hidden += 1;
+                        current_hidden = Some((schema.clone(), table.clone()));
+                    }
+                },
             }
         }
         let detectors: Vec<&str> = masking
@@ -205,6 +252,7 @@ impl GatehouseTools {
         Ok(CallToolResult::structured(json!({
             "connection": connection.name,
             "tables": tables,
+            "tables_not_readable": hidden,
             "masked_value_kinds": detectors,
         })))
     }

@@ -485,4 +485,27 @@ impl Authorizer for PolicyAuthorizer {
         };
         self.engine.decide_connect(&facts).verdict
     }
+
+    fn authorize_outside_session(
+        &self,
+        identity: &Identity,
+        connection: &ConnectionConfig,
+        client: std::net::SocketAddr,
+        protocol: &str,
+        classification: &Classification,
+    ) -> Decision {
+        let grants = self.grants.active(identity, &connection.name);
+        let facts = RequestFacts {
+            identity,
+            connection,
+            client_ip: client.ip(),
+            protocol,
+            grants: &grants,
+        };
+        let evaluation = self.engine.decide(&facts, classification);
+        Decision {
+            verdict: evaluation.verdict,
+            policies: evaluation.policies,
+        }
+    }
 }

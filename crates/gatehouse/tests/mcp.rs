@@ -14,9 +14,22 @@ use serde_json::Value;
 const POLICY: &str = r#"
 @id("agents-basic")
 permit(principal in Gatehouse::Group::"agents",
-       action in [Gatehouse::Action::"connect", Gatehouse::Action::"read",
+       action in [Gatehouse::Action::"connect",
                   Gatehouse::Action::"transaction", Gatehouse::Action::"session"],
        resource);
+
+@id("agents-read")
+permit(principal in Gatehouse::Group::"agents", action == Gatehouse::Action::"read", resource)
+unless { context.relations.contains("public.mcp_vault") };
+
+@id("vault-reads-need-dba")
+@approvers("dba")
+permit(principal in Gatehouse::Group::"agents", action == Gatehouse::Action::"read", resource)
+when { context.approved && context.relations.contains("public.mcp_vault") };
+
+@id("no-payroll")
+forbid(principal, action == Gatehouse::Action::"read", resource)
+when { context.relations.contains("public.mcp_payroll") };
 
 @id("agent-writes-need-dba")
 @approvers("dba")
@@ -51,8 +64,10 @@ fn the_python_mcp_sdk_uses_every_tool_through_the_pipeline() {
         APP_PASSWORD,
         "appdb",
         &format!(
-            "DROP TABLE IF EXISTS mcp_users; CREATE TABLE mcp_users (name text, ssn text); \
-             INSERT INTO mcp_users VALUES ('alice', '{SSN}')"
+            "DROP TABLE IF EXISTS mcp_users, mcp_vault, mcp_payroll; \
+             CREATE TABLE mcp_users (name text, ssn text); \
+             INSERT INTO mcp_users VALUES ('alice', '{SSN}'); \
+             CREATE TABLE mcp_vault (secret text); CREATE TABLE mcp_payroll (salary int)"
         ),
     );
     let gw = Gateway::start_with(GatewayOptions {
@@ -137,9 +152,35 @@ fn the_python_mcp_sdk_uses_every_tool_through_the_pipeline() {
     );
     let connections = result("connections")["structured"]["connections"].to_string();
     assert!(connections.contains("appdb"), "{connections}");
-    let describe = result("describe")["structured"].to_string();
+    let describe = result("describe")["structured"].clone();
+    let text = describe.to_string();
     assert!(
-        describe.contains("\"name\":\"ssn\"") && describe.contains("\"masked\":true"),
+        text.contains("\"name\":\"ssn\"") && text.contains("\"masked\":true"),
+        "{describe}"
+    );
+    // Only what the caller may read shows, and whether it needs approval first.
+    let access = |table: &str| {
+        describe["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["schema"] == "public" && t["table"] == table)
+            .map(|t| t["access"].as_str().unwrap().to_string())
+    };
+    assert_eq!(
+        access("mcp_users").as_deref(),
+        Some("allowed"),
+        "{describe}"
+    );
+    assert_eq!(
+        access("mcp_vault").as_deref(),
+        Some("needs_approval"),
+        "{describe}"
+    );
+    assert_eq!(access("mcp_payroll"), None, "{describe}");
+    assert!(!text.contains("salary"), "{describe}");
+    assert!(
+        describe["tables_not_readable"].as_u64().unwrap() >= 1,
         "{describe}"
     );
 
