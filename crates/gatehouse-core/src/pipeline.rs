@@ -441,6 +441,12 @@ impl SessionHandle {
         self.reviews.wait(review).await
     }
 
+    /// Marks the reviews of statements this session holds abandoned: the client stopped
+    /// waiting for them (a held statement is the session's only one in flight).
+    pub async fn abandon_held(&self, reason: &str) {
+        self.reviews.abandon_held(Some(&self.id), reason).await;
+    }
+
     pub fn id(&self) -> &str {
         &self.id
     }

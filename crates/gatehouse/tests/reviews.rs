@@ -325,12 +325,16 @@ async fn two_of_two_approvers_timeout_cancel_and_abandonment() {
             .await;
         (client, r)
     });
-    pending_review(&gw, "proddb");
+    let canceled = pending_review(&gw, "proddb");
     cancel.cancel_query(NoTls).await.unwrap();
     let (client, result) = held.await.unwrap();
     let err = result.expect_err("canceled");
     assert_eq!(err.as_db_error().unwrap().code().code(), "57014", "{err}");
     client.simple_query("select 1").await.unwrap();
+    // Nobody waits for it any more: it is abandoned, not left for an approver to approve.
+    let canceled = canceled["id"].as_str().unwrap();
+    let shown = gw.cli_json(&["reviews", "show", canceled]);
+    assert_eq!(shown["review"]["state"], "abandoned", "{shown}");
 
     // The client leaves while waiting: the review is abandoned and never runs, even if
     // approved later.

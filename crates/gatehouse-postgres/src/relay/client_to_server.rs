@@ -91,6 +91,9 @@ pub(super) struct ClientToServer<R, W> {
     pub(super) described_portal: String,
 }
 
+/// Who ended a wait for approval with a CancelRequest, as the refusal names it.
+const CANCELED_BY_CLIENT: &str = "the client (CancelRequest)";
+
 /// The error a failed audit write surfaces as; the relay ends the session.
 const AUDIT_FAILED: &str = "the audit log cannot be written";
 
@@ -227,7 +230,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
                 tokio::select! {
                     outcome = &mut wait => break Some(outcome),
                     _ = interrupt.cancelled() => break Some(ReviewOutcome::Denied {
-                        by: "the client (CancelRequest)".into(),
+                        by: CANCELED_BY_CLIENT.into(),
                         reason: Some("canceled while waiting for approval".into()),
                     }),
                     filled = self.framer.fill(), if reading => match filled {
@@ -238,6 +241,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientToServer<R, W> {
             }
         };
         self.interrupt.set_holding(false);
+        if let Some(ReviewOutcome::Denied { by, .. }) = &outcome
+            && by == CANCELED_BY_CLIENT
+        {
+            // Nothing waits for the statement any more: no approver should still be asked.
+            session
+                .abandon_held("the client canceled the statement while it waited for approval")
+                .await;
+        }
         let Some(outcome) = outcome else {
             // The session's close marks the review abandoned; it can never run now.
             return Err(EndReason::ClientClosed);
