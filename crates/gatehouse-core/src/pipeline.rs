@@ -405,15 +405,6 @@ pub enum Intent {
     BeforeResult(gatehouse_audit::Pending),
 }
 
-impl Intent {
-    /// The record's pending write, whichever point must wait for it.
-    pub fn into_pending(self) -> gatehouse_audit::Pending {
-        match self {
-            Intent::BeforeForwarding(p) | Intent::BeforeResult(p) => p,
-        }
-    }
-}
-
 impl SessionHandle {
     /// Step 3: holds `command` for the review `needed` describes. The adapter tells the client
     /// the review's id at once, then waits with [`SessionHandle::await_review`].

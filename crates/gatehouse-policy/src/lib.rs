@@ -475,15 +475,9 @@ impl Authorizer for PolicyAuthorizer {
         client: std::net::SocketAddr,
         protocol: &str,
     ) -> Verdict {
-        let grants = self.grants.active(identity, &connection.name);
-        let facts = RequestFacts {
-            identity,
-            connection,
-            client_ip: client.ip(),
-            protocol,
-            grants: &grants,
-        };
-        self.engine.decide_connect(&facts).verdict
+        self.outside_session(identity, connection, client, protocol, |facts| {
+            self.engine.decide_connect(facts).verdict
+        })
     }
 
     fn authorize_outside_session(
@@ -494,18 +488,34 @@ impl Authorizer for PolicyAuthorizer {
         protocol: &str,
         classification: &Classification,
     ) -> Decision {
+        let evaluation = self.outside_session(identity, connection, client, protocol, |facts| {
+            self.engine.decide(facts, classification)
+        });
+        Decision {
+            verdict: evaluation.verdict,
+            policies: evaluation.policies,
+        }
+    }
+}
+
+impl PolicyAuthorizer {
+    /// Runs `decide` on the facts of a request made outside a session: the caller's grants on
+    /// the connection as they stand now.
+    fn outside_session<T>(
+        &self,
+        identity: &Identity,
+        connection: &ConnectionConfig,
+        client: std::net::SocketAddr,
+        protocol: &str,
+        decide: impl FnOnce(&RequestFacts<'_>) -> T,
+    ) -> T {
         let grants = self.grants.active(identity, &connection.name);
-        let facts = RequestFacts {
+        decide(&RequestFacts {
             identity,
             connection,
             client_ip: client.ip(),
             protocol,
             grants: &grants,
-        };
-        let evaluation = self.engine.decide(&facts, classification);
-        Decision {
-            verdict: evaluation.verdict,
-            policies: evaluation.policies,
-        }
+        })
     }
 }
