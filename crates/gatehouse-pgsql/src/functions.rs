@@ -62,6 +62,15 @@ const ADMIN: &[&str] = &[
     "pg_replication_origin_drop",
     "pg_import_system_collations",
     "pg_log_backend_memory_contexts",
+    // Reset server-wide statistics (`pg_stat_reset*` are matched by prefix below) or steer
+    // replication: effects on the server, however a catalog-qualified call is read.
+    "pg_stat_statements_reset",
+    "pg_wal_replay_pause",
+    "pg_wal_replay_resume",
+    "pg_replication_slot_advance",
+    "pg_replication_origin_advance",
+    "pg_replication_origin_session_setup",
+    "pg_replication_origin_session_reset",
     "query_to_xml",
     "query_to_xmlschema",
     "query_to_xml_and_xmlschema",
@@ -453,7 +462,11 @@ pub fn kind_of(name: &str, first_arg: Option<&str>) -> Result<StatementKind, Str
             ),
         };
     }
-    if base.starts_with("dblink") || base.starts_with("lo_") || ADMIN.contains(&base) {
+    if base.starts_with("dblink")
+        || base.starts_with("lo_")
+        || base.starts_with("pg_stat_reset")
+        || ADMIN.contains(&base)
+    {
         return Ok(StatementKind::Admin);
     }
     if WRITE.contains(&base) {
