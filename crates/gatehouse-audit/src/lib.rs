@@ -7,11 +7,13 @@
 //! - [`record`]: the line encoding (the hash covers the bytes as written) and the chain;
 //! - [`log`]: the writer (group commit, fsync, recovery of a torn tail);
 //! - `direct`: the writer's durable writes past the page cache (`O_DIRECT | O_DSYNC`);
+//! - `inbox`: the hand-off from callers to the writer, waking it only for what cannot wait;
 //! - [`read`]: reading the records back, for every reader alike;
 //! - [`verify`]: the verifier, which works offline on a copy of the file;
 //! - [`replay`]: one session's records as a timeline.
 
 mod direct;
+mod inbox;
 pub mod log;
 pub mod read;
 pub mod record;

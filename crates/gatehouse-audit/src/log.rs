@@ -10,8 +10,10 @@
 //! Where the filesystem allows it, records are written with `O_DIRECT | O_DSYNC` instead of a
 //! write and an `fdatasync` (see `crate::direct`): each such write is durable when it returns.
 //! Records nobody waits for (strict mode's outcomes) are then kept in memory until the next
-//! durable write or `SYNC_DELAY` (5 ms) of quiet, where before they sat in the page cache: a crash of
-//! the process itself can lose those few milliseconds of them, as it always could lose the
+//! durable write or `SYNC_DELAY` (5 ms) of quiet, where before they sat in the page cache.
+//! They do not even wake the writer while it is busy (`crate::inbox`): they wait in its queue
+//! for the next record someone waits for, or its timer (at most twice `SYNC_DELAY`). A crash
+//! of the process itself can lose those few milliseconds of them, as it always could lose the
 //! records still queued for the writer; an intent is never lost once its statement was let
 //! through.
 
@@ -20,14 +22,16 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::time::Instant;
 
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::json;
 use tokio::sync::oneshot;
 
 use crate::direct::DirectWriter;
+use crate::inbox::{Inbox, Sender, Taken, Wake};
 use crate::read::LogReader;
 use crate::record::{Event, GENESIS, Record, encode_line};
 use crate::{KEY_FILE, LOG_FILE, PUBLIC_KEY_FILE};
@@ -133,7 +137,7 @@ impl Pending {
 /// A handle to the audit log; cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Message>,
+    tx: Sender<Message>,
     durability: Durability,
     dir: PathBuf,
     /// Set by the writer once a write or sync failed: from then on nothing can be recorded,
@@ -187,9 +191,6 @@ impl AuditLog {
             .write(true)
             .open(&path)?;
         let (tail, recovered) = recover(&mut file, &path)?;
-        // Unbounded: in strict mode every caller waits for its own record, which bounds the
-        // queue by the number of callers; the writer drains it in batches.
-        let (tx, rx) = mpsc::channel();
         let failed = Arc::new(AtomicBool::new(false));
         let mut writer = Writer::new(
             file,
@@ -203,7 +204,7 @@ impl AuditLog {
             writer.attach_direct(&path);
         }
         if let Some(event) = recovered {
-            writer.write_batch(vec![Job { event, done: None }]);
+            writer.write_batch(&mut vec![Job { event, done: None }]);
             writer.sync_pending();
             if failed.load(Ordering::Acquire) {
                 return Err(AuditError::Io(std::io::Error::other(
@@ -213,12 +214,16 @@ impl AuditLog {
         }
         // A thread of its own: writing and syncing block, and must not hold up the runtime's
         // workers (every session's relay runs on them).
+        // Unbounded: in strict mode every caller waits for its own record, which bounds the
+        // queue by the number of callers; the writer drains it in batches.
+        let inbox = Inbox::new();
         let written = writer.written.clone();
-        std::thread::Builder::new()
+        let writer_inbox = inbox.clone();
+        let thread = std::thread::Builder::new()
             .name("gatehouse-audit".into())
-            .spawn(move || writer.run(rx))?;
+            .spawn(move || writer.run(&writer_inbox))?;
         Ok(AuditLog {
-            tx,
+            tx: inbox.sender(thread.thread().clone()),
             durability,
             dir: dir.to_path_buf(),
             failed,
@@ -257,16 +262,16 @@ impl AuditLog {
         if self.failed.load(Ordering::Acquire) {
             return Err(AuditError::Stopped);
         }
-        let (done, wait) = match self.durability {
+        let (done, wait, wake) = match self.durability {
             Durability::Off => return Ok(Pending::new(None)),
-            Durability::Batched => (None, None),
+            Durability::Batched => (None, None, Wake::Later),
             Durability::Strict => {
                 let (tx, rx) = oneshot::channel();
-                (Some(tx), Some(rx))
+                (Some(tx), Some(rx), Wake::Now)
             }
         };
         self.tx
-            .send(Message::Record(Job { event, done }))
+            .send(Message::Record(Job { event, done }), wake)
             .map_err(|_| AuditError::Stopped)?;
         Ok(Pending::new(wait))
     }
@@ -276,7 +281,7 @@ impl AuditLog {
     /// shutdown; a crash instead leaves the region, which the next start cuts.
     pub async fn close(&self) {
         let (done, closed) = oneshot::channel();
-        if self.tx.send(Message::Close(done)).is_ok() {
+        if self.tx.send(Message::Close(done), Wake::Now).is_ok() {
             let _ = closed.await;
         }
     }
@@ -288,7 +293,7 @@ impl AuditLog {
         }
         if self
             .tx
-            .send(Message::Record(Job { event, done: None }))
+            .send(Message::Record(Job { event, done: None }), Wake::Later)
             .is_err()
         {
             tracing::error!("the audit log writer has stopped; a record was not kept");
@@ -327,8 +332,13 @@ struct Writer {
 /// How far the file is extended ahead of its records each time they reach its end.
 pub const PREALLOCATE: u64 = 16 << 20;
 
-/// How long records nobody waits for may stay unsynced in strict mode.
+/// How long the writer keeps sleeping as busy after messages last came (woken only for records
+/// someone waits for), and so how long records nobody waits for may stay queued or unsynced
+/// in strict mode: at most twice this.
 const SYNC_DELAY: Duration = Duration::from_millis(5);
+
+/// How long the log must be quiet before it signs a checkpoint over its last records.
+const CHECKPOINT_QUIET: Duration = Duration::from_secs(10);
 
 /// The collection window of batched durability, and so its loss window on a crash.
 pub const BATCHED_WINDOW: Duration = Duration::from_millis(5);
@@ -373,57 +383,70 @@ impl Writer {
         }
     }
 
-    fn run(mut self, rx: mpsc::Receiver<Message>) {
+    /// Takes what the callers queued, writes it, and sleeps until a record someone waits for
+    /// comes (or, with batched durability, the next window). Records nobody waits for do not
+    /// wake the writer while it is busy (see [`crate::inbox`]): they go with the next batch,
+    /// or are made durable once the log has been quiet for [`SYNC_DELAY`].
+    fn run(mut self, inbox: &Inbox<Message>) {
+        let mut taken = Vec::new();
+        let mut batch = Vec::new();
+        // When messages last came: until `SYNC_DELAY` after it, the writer sleeps as busy.
+        let mut last_arrival = Instant::now();
         loop {
-            // Unsynced records are synced after a short quiet; a quiet log gets a checkpoint,
-            // so its last records are covered by a signature.
-            let quiet = if self.unsynced {
-                SYNC_DELAY
-            } else {
-                Duration::from_secs(10)
-            };
-            let first = match rx.recv_timeout(quiet) {
-                Ok(Message::Record(job)) => job,
-                Ok(Message::Close(done)) => return self.close(Some(done)),
-                Err(mpsc::RecvTimeoutError::Disconnected) => return self.close(None),
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if self.unsynced {
-                        self.sync_pending();
-                    } else {
-                        self.checkpoint_if_due(true);
+            if inbox.take(&mut taken) == Taken::HungUp {
+                return self.close(inbox, None);
+            }
+            if !taken.is_empty() {
+                last_arrival = Instant::now();
+                let mut close = None;
+                for message in taken.drain(..) {
+                    match message {
+                        Message::Record(job) => batch.push(job),
+                        Message::Close(done) => {
+                            // What was queued after it is dropped: its callers are refused.
+                            close = Some(done);
+                            break;
+                        }
                     }
-                    continue;
                 }
-            };
-            let mut batch = vec![first];
-            let mut close = None;
-            let deadline = std::time::Instant::now() + self.window;
-            while batch.len() < 4096 {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                let next = if left.is_zero() {
-                    rx.try_recv().ok()
+                if !batch.is_empty() {
+                    self.write_batch(&mut batch);
+                }
+                if let Some(done) = close {
+                    return self.close(inbox, Some(done));
+                }
+                if !self.window.is_zero() {
+                    // Batched: the next batch collects for a window.
+                    inbox.wait(self.window, false);
+                }
+                continue;
+            }
+            let quiet = last_arrival.elapsed();
+            if quiet < SYNC_DELAY {
+                inbox.wait(SYNC_DELAY - quiet, false);
+                continue;
+            }
+            // Quiet: records written without a sync are made durable, and a log quiet for
+            // long gets a checkpoint, so its last records are covered by a signature.
+            self.sync_pending();
+            if quiet >= CHECKPOINT_QUIET {
+                self.checkpoint_if_due(true);
+            }
+            let until_checkpoint = CHECKPOINT_QUIET.saturating_sub(quiet);
+            inbox.wait(
+                if until_checkpoint.is_zero() {
+                    CHECKPOINT_QUIET
                 } else {
-                    rx.recv_timeout(left).ok()
-                };
-                match next {
-                    Some(Message::Record(job)) => batch.push(job),
-                    Some(Message::Close(done)) => {
-                        close = Some(done);
-                        break;
-                    }
-                    None => break,
-                }
-            }
-            self.write_batch(batch);
-            if let Some(done) = close {
-                return self.close(Some(done));
-            }
+                    until_checkpoint
+                },
+                true,
+            );
         }
     }
 
     /// The last act of the writer: a checkpoint over everything written, the preallocated
     /// region cut off (the file ends at its last record again), and a sync.
-    fn close(mut self, done: Option<oneshot::Sender<()>>) {
+    fn close(mut self, inbox: &Inbox<Message>, done: Option<oneshot::Sender<()>>) {
         self.checkpoint_if_due(true);
         self.sync_pending();
         if !self.failed.load(Ordering::Acquire) && self.allocated > self.end {
@@ -436,7 +459,8 @@ impl Writer {
                 Err(e) => self.fail(&e),
             }
         }
-        // From now on appends find the channel closed and are refused.
+        // From now on appends are refused.
+        inbox.close();
         if let Some(done) = done {
             let _ = done.send(());
         }
@@ -500,9 +524,10 @@ impl Writer {
         self.failed.store(true, Ordering::Release);
     }
 
-    fn write_batch(&mut self, batch: Vec<Job>) {
+    /// Writes and chains the records of `batch`, leaving it empty (its allocation kept).
+    fn write_batch(&mut self, batch: &mut Vec<Job>) {
         if self.failed.load(Ordering::Acquire) {
-            for job in batch {
+            for job in batch.drain(..) {
                 if let Some(done) = job.done {
                     let _ = done.send(Err("the audit log failed earlier".into()));
                 }
@@ -513,7 +538,7 @@ impl Writer {
         let mut text = std::mem::take(&mut self.buf);
         text.clear();
         let mut replies = Vec::new();
-        for job in batch {
+        for job in batch.drain(..) {
             self.append_to(&mut text, now, &job.event);
             if let Some(done) = job.done {
                 replies.push((done, self.tail.seq));
@@ -762,14 +787,13 @@ mod tests {
         };
         let mut writer = Writer::new(file, key, tail, 10, Durability::Strict, failed.clone());
         let (done, mut reply) = oneshot::channel();
-        writer.write_batch(vec![Job {
+        writer.write_batch(&mut vec![Job {
             event: Event::new("statement.intent", None, json!({})),
             done: Some(done),
         }]);
         assert!(reply.try_recv().unwrap().is_err());
-        let (tx, _rx) = mpsc::channel();
         let log = AuditLog {
-            tx,
+            tx: Inbox::new().sender(std::thread::current()),
             durability: Durability::Batched,
             dir: dir.path().to_path_buf(),
             failed,
