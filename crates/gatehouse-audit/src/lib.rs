@@ -7,6 +7,7 @@
 //! - [`record`]: the line encoding (the hash covers the bytes as written) and the chain;
 //! - [`log`]: the writer (group commit, fsync, recovery of a torn tail);
 //! - `direct`: the writer's durable writes past the page cache (`O_DIRECT | O_DSYNC`);
+//! - `zero_fill`: written zeros kept ahead of the records, so durable writes need no allocation;
 //! - `inbox`: the hand-off from callers to the writer, waking it only for what cannot wait;
 //! - [`read`]: reading the records back, for every reader alike;
 //! - [`verify`]: the verifier, which works offline on a copy of the file;
@@ -19,6 +20,7 @@ pub mod read;
 pub mod record;
 pub mod replay;
 pub mod verify;
+mod zero_fill;
 
 pub use log::{AuditLog, Durability, Pending, WriteMethod};
 pub use read::{LogLine, LogReader, ReadError};
