@@ -204,7 +204,13 @@ mod tests {
         assert!(std::fs::metadata(&path).unwrap().len() >= BLOCK as u64 + CHUNK);
         fill.reserve(3 * CHUNK).unwrap();
         // Asked for LEAD past what was reserved; wait for it to get there.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while fill.filled.load(Ordering::Acquire) < 3 * CHUNK + LEAD {
+            assert!(fill.failure().is_none(), "the filler failed");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the filler never got there"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         fill.stop();
