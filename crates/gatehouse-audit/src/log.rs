@@ -319,10 +319,11 @@ struct Writer {
     window: Duration,
     /// The encoded batch, reused.
     buf: Vec<u8>,
-    /// Records were written (or, with direct writes, kept in memory) that are not durable yet
-    /// (strict mode writes records nobody waits for, such as outcomes, without a sync of their
-    /// own; the next waited-for record's sync, or [`SYNC_DELAY`] of quiet, covers them).
-    unsynced: bool,
+    /// Since when records were written (or, with direct writes, kept in memory) that are not
+    /// durable yet (strict mode writes records nobody waits for, such as outcomes, without a
+    /// sync of their own; the next waited-for record's sync covers them, or a sync of their
+    /// own once they have waited [`SYNC_DELAY`], however busy the log).
+    unsynced_since: Option<Instant>,
     /// Shared with every [`AuditLog`] handle; see there.
     failed: Arc<AtomicBool>,
     /// `end`, published after each write for [`AuditLog::reader`].
@@ -372,7 +373,7 @@ impl Writer {
                 Durability::Batched => BATCHED_WINDOW,
             },
             buf: Vec::new(),
-            unsynced: false,
+            unsynced_since: None,
             failed,
             written: Arc::new(AtomicU64::new(end)),
             direct: None,
@@ -401,6 +402,11 @@ impl Writer {
         // When messages last came: until `SYNC_DELAY` after it, the writer sleeps as busy.
         let mut last_arrival = Instant::now();
         loop {
+            // Records nobody waits for are made durable once they have waited long enough,
+            // also while more keep coming.
+            if self.unsynced_for() >= SYNC_DELAY {
+                self.sync_pending();
+            }
             if inbox.take(&mut taken) == Taken::HungUp {
                 return self.close(inbox, None);
             }
@@ -431,7 +437,11 @@ impl Writer {
             }
             let quiet = last_arrival.elapsed();
             if quiet < SYNC_DELAY {
-                inbox.wait(SYNC_DELAY - quiet, false);
+                let until_sync = match self.unsynced_since {
+                    Some(_) => SYNC_DELAY.saturating_sub(self.unsynced_for()),
+                    None => SYNC_DELAY,
+                };
+                inbox.wait((SYNC_DELAY - quiet).min(until_sync), false);
                 continue;
             }
             // Quiet: records written without a sync are made durable, and a log quiet for
@@ -450,6 +460,11 @@ impl Writer {
                 true,
             );
         }
+    }
+
+    /// How long records have been waiting to be made durable (zero when none are).
+    fn unsynced_for(&self) -> Duration {
+        self.unsynced_since.map_or(Duration::ZERO, |t| t.elapsed())
     }
 
     /// The last act of the writer: a checkpoint over everything written, the preallocated
@@ -530,9 +545,9 @@ impl Writer {
 
     /// Makes records written without a sync durable.
     fn sync_pending(&mut self) {
-        if self.unsynced && !self.failed.load(Ordering::Acquire) {
+        if self.unsynced_since.is_some() && !self.failed.load(Ordering::Acquire) {
             match self.make_durable() {
-                Ok(()) => self.unsynced = false,
+                Ok(()) => self.unsynced_since = None,
                 Err(e) => self.fail(&e),
             }
         }
@@ -577,7 +592,11 @@ impl Writer {
         self.buf = text;
         match written {
             Ok(()) => {
-                self.unsynced = !sync;
+                self.unsynced_since = if sync {
+                    None
+                } else {
+                    self.unsynced_since.or_else(|| Some(Instant::now()))
+                };
                 for (done, seq) in replies {
                     let _ = done.send(Ok(seq));
                 }
@@ -609,7 +628,7 @@ impl Writer {
             match self.write_records(&line, true) {
                 Ok(()) => {
                     self.tail.since_checkpoint = 0;
-                    self.unsynced = false;
+                    self.unsynced_since = None;
                 }
                 Err(e) => self.fail(&e),
             }
@@ -881,6 +900,30 @@ mod tests {
         let public = std::fs::read_to_string(dir.path().join(PUBLIC_KEY_FILE)).unwrap();
         let v = crate::verify_file(&dir.path().join(LOG_FILE), &public, None).unwrap();
         assert!(v.problem.is_none(), "{v:?}");
+    }
+
+    /// A steady trickle of records nobody waits for (API requests, say) never leaves the writer
+    /// quiet for long; they must still reach the disk within milliseconds, not when it stops.
+    #[tokio::test]
+    async fn records_nobody_waits_for_reach_the_disk_while_more_keep_coming() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path(), Durability::Strict, 1000)
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let mut n = 0;
+        while started.elapsed() < SYNC_DELAY * 12 {
+            log.append_detached(Event::new("api.request", None, json!({ "n": n })));
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let on_disk = records(&dir.path().join(LOG_FILE)).len();
+        assert!(
+            on_disk > 0,
+            "none of {n} records sent over {:?} is on disk",
+            started.elapsed()
+        );
+        log.close().await;
     }
 
     /// A running log in `dir` with three records.
