@@ -215,13 +215,13 @@ impl AuditLog {
                 )));
             }
         }
-        // A thread of its own: writing and syncing block, and must not hold up the runtime's
-        // workers (every session's relay runs on them).
-        // Unbounded: in strict mode every caller waits for its own record, which bounds the
-        // queue by the number of callers; the writer drains it in batches.
+        // Unbounded: strict callers wait for their own records, which bounds those by the
+        // number of callers; the rest are taken at least every few milliseconds.
         let inbox = Inbox::new();
         let written = writer.written.clone();
         let writer_inbox = inbox.clone();
+        // A thread of its own: writing and syncing block, and must not hold up the runtime's
+        // workers (every session's relay runs on them).
         let thread = std::thread::Builder::new()
             .name("gatehouse-audit".into())
             .spawn(move || writer.run(&writer_inbox))?;
