@@ -1,5 +1,6 @@
-//! The writer: one task owns the file, takes records from every caller, writes them in
-//! batches and syncs each batch to disk once (group commit), so many callers share one fsync.
+//! The writer: whoever holds the queue's lead (see `crate::inbox`: a caller waiting for its
+//! record, or the log's own writer thread) takes every caller's queued records, writes them as
+//! one batch and syncs it to disk once (group commit), so many callers share one fsync.
 //!
 //! The file is kept extended ahead of its last record ([`PREALLOCATE`] bytes of zeros: a sparse
 //! region that costs no disk space, or with direct writes zeros written ahead by
@@ -22,9 +23,9 @@
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -33,7 +34,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use crate::direct::DirectWriter;
-use crate::inbox::{Inbox, Sender, Taken, Wake};
+use crate::inbox::{Inbox, Lead, Leader, Sender, Wake};
 use crate::read::LogReader;
 use crate::record::{Event, GENESIS, Record, encode_line};
 use crate::zero_fill::ZeroFill;
@@ -81,11 +82,88 @@ struct Job {
     done: Option<oneshot::Sender<Result<u64, String>>>,
 }
 
-/// What the writer thread is asked to do.
-enum Message {
-    Record(Job),
-    /// Sign a last checkpoint, cut the preallocated region off, sync, and stop.
-    Close(oneshot::Sender<()>),
+/// What the writer thread and every caller that leads a write share.
+struct Shared {
+    inbox: Arc<Inbox<Job>>,
+    /// The file and the chain. Only the holder of the inbox's lead locks it, so the lock is
+    /// never contended; it is there because leaders run on different threads.
+    writer: Mutex<Writer>,
+    /// Who waits for [`AuditLog::close`] to finish.
+    closers: Mutex<Vec<oneshot::Sender<()>>>,
+}
+
+impl Shared {
+    fn lock_writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|poisoned| {
+            // A leader panicked mid-write: what the file and the chain hold is unknown, so
+            // nothing more may be recorded.
+            let writer = poisoned.into_inner();
+            writer.failed.store(true, Ordering::Release);
+            writer
+        })
+    }
+
+    /// Writes everything queued, on the caller's thread, if the caller may lead (see
+    /// [`crate::inbox`]); otherwise returns at once, and the caller's record is written by
+    /// whoever writes next. One write only: what comes meanwhile is left to the writer
+    /// thread, since more writes here would hold the caller's own statement back (measured
+    /// worse, BENCHMARKS.md).
+    fn lead(&self) {
+        let mut taken = Vec::new();
+        if self.inbox.lead(&mut taken, Leader::Caller) == Lead::Busy {
+            return;
+        }
+        {
+            let mut writer = self.lock_writer();
+            writer.last_taken = Instant::now();
+            writer.write_batch(&mut taken);
+        }
+        self.inbox.release(false);
+    }
+
+    /// The writer thread: writes what callers queued and did not write themselves, makes
+    /// records nobody waits for durable within [`SYNC_DELAY`], signs checkpoints when the log
+    /// goes quiet, and stops the log when asked or when every handle is gone.
+    fn run(&self) {
+        let inbox = &self.inbox;
+        let mut taken = Vec::new();
+        loop {
+            let Lead::Granted { closing, hung_up } = inbox.lead(&mut taken, Leader::Writer) else {
+                // A caller is writing; it wakes this thread for what it leaves.
+                inbox.wait(SYNC_DELAY, false);
+                continue;
+            };
+            let mut writer = self.lock_writer();
+            // Records nobody waits for are made durable once they have waited long enough,
+            // also while more keep coming.
+            if writer.unsynced_for() >= SYNC_DELAY {
+                writer.sync_pending();
+            }
+            let wrote = !taken.is_empty();
+            if wrote {
+                writer.last_taken = Instant::now();
+                writer.write_batch(&mut taken);
+            }
+            if closing || hung_up {
+                writer.close(inbox);
+                drop(writer);
+                let closers = std::mem::take(
+                    &mut *self.closers.lock().unwrap_or_else(PoisonError::into_inner),
+                );
+                for done in closers {
+                    let _ = done.send(());
+                }
+                return;
+            }
+            let (timeout, idle) = writer.next_wait(wrote);
+            drop(writer);
+            if inbox.release(true) {
+                // Records someone waits for came during the write.
+                continue;
+            }
+            inbox.wait(timeout, idle);
+        }
+    }
 }
 
 /// A record queued for the log; [`Pending::wait`] returns once it is on disk (strict) or at
@@ -93,6 +171,9 @@ enum Message {
 pub struct Pending {
     /// The writer's answer, until it has come.
     answer: Option<oneshot::Receiver<Result<u64, String>>>,
+    /// The log, until the waiter has tried to lead the write of its record (strict
+    /// durability).
+    lead: Option<Arc<Shared>>,
     /// How the wait ended when it failed, so that waiting again fails the same way.
     failure: Option<WaitFailure>,
 }
@@ -107,7 +188,17 @@ impl Pending {
     fn new(answer: Option<oneshot::Receiver<Result<u64, String>>>) -> Self {
         Pending {
             answer,
+            lead: None,
             failure: None,
+        }
+    }
+
+    /// Has the writer thread write the record at once instead of leaving it for the waiter to
+    /// lead: for a caller that does something else before it waits (a read forwarded while its
+    /// record is written).
+    pub fn write_soon(&mut self) {
+        if let Some(shared) = self.lead.take() {
+            shared.inbox.wake_writer();
         }
     }
 
@@ -120,6 +211,12 @@ impl Pending {
     /// wait stopped. Once answered, every later call returns the same answer at once.
     pub async fn durable(&mut self) -> Result<(), AuditError> {
         if let Some(answer) = &mut self.answer {
+            // Writing everything queued, this one's record with it, unless a write is in
+            // progress (then the writer writes it next). Synchronous: a dropped future cannot
+            // leave a write half done.
+            if let Some(shared) = self.lead.take() {
+                shared.lead();
+            }
             // Polling the receiver by reference leaves it in place if this future is dropped.
             let outcome = answer.await;
             self.answer = None;
@@ -137,10 +234,20 @@ impl Pending {
     }
 }
 
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // Nobody will lead the write of this record: the writer thread must.
+        if let (Some(shared), Some(_)) = (&self.lead, &self.answer) {
+            shared.inbox.wake_writer();
+        }
+    }
+}
+
 /// A handle to the audit log; cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: Sender<Message>,
+    tx: Sender<Job>,
+    shared: Arc<Shared>,
     durability: Durability,
     dir: PathBuf,
     /// Set by the writer once a write or sync failed: from then on nothing can be recorded,
@@ -219,14 +326,21 @@ impl AuditLog {
         // number of callers; the rest are taken at least every few milliseconds.
         let inbox = Inbox::new();
         let written = writer.written.clone();
-        let writer_inbox = inbox.clone();
-        // A thread of its own: writing and syncing block, and must not hold up the runtime's
-        // workers (every session's relay runs on them).
+        let shared = Arc::new(Shared {
+            inbox: inbox.clone(),
+            writer: Mutex::new(writer),
+            closers: Mutex::new(Vec::new()),
+        });
+        let thread_shared = shared.clone();
+        // A thread of its own: the writes nobody leads, timed syncs and checkpoints block,
+        // and must not hold up the runtime's workers (every session's relay runs on them).
         let thread = std::thread::Builder::new()
             .name("gatehouse-audit".into())
-            .spawn(move || writer.run(&writer_inbox))?;
+            .spawn(move || thread_shared.run())?;
+        inbox.set_writer(thread.thread().clone());
         Ok(AuditLog {
-            tx: inbox.sender(thread.thread().clone()),
+            tx: inbox.sender(),
+            shared,
             durability,
             dir: dir.to_path_buf(),
             failed,
@@ -270,13 +384,17 @@ impl AuditLog {
             Durability::Batched => (None, None, Wake::Later),
             Durability::Strict => {
                 let (tx, rx) = oneshot::channel();
-                (Some(tx), Some(rx), Wake::Now)
+                (Some(tx), Some(rx), Wake::Lead)
             }
         };
         self.tx
-            .send(Message::Record(Job { event, done }), wake)
+            .send(Job { event, done }, wake)
             .map_err(|_| AuditError::Stopped)?;
-        Ok(Pending::new(wait))
+        let mut pending = Pending::new(wait);
+        if wake == Wake::Lead {
+            pending.lead = Some(self.shared.clone());
+        }
+        Ok(pending)
     }
 
     /// Stops the log cleanly: writes what is queued, signs a last checkpoint, cuts the
@@ -284,7 +402,12 @@ impl AuditLog {
     /// shutdown; a crash instead leaves the region, which the next start cuts.
     pub async fn close(&self) {
         let (done, closed) = oneshot::channel();
-        if self.tx.send(Message::Close(done), Wake::Now).is_ok() {
+        self.shared
+            .closers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(done);
+        if self.shared.inbox.ask_to_close().is_ok() {
             let _ = closed.await;
         }
     }
@@ -296,7 +419,7 @@ impl AuditLog {
         }
         if self
             .tx
-            .send(Message::Record(Job { event, done: None }), Wake::Later)
+            .send(Job { event, done: None }, Wake::Later)
             .is_err()
         {
             tracing::error!("the audit log writer has stopped; a record was not kept");
@@ -324,6 +447,9 @@ struct Writer {
     /// sync of their own; the next waited-for record's sync covers them, or a sync of their
     /// own once they have waited [`SYNC_DELAY`], however busy the log).
     unsynced_since: Option<Instant>,
+    /// When records were last taken from the queue, by the writer thread or a leader: until
+    /// [`SYNC_DELAY`] after it, the writer thread sleeps as busy.
+    last_taken: Instant,
     /// Shared with every [`AuditLog`] handle; see there.
     failed: Arc<AtomicBool>,
     /// `end`, published after each write for [`AuditLog::reader`].
@@ -374,6 +500,7 @@ impl Writer {
             },
             buf: Vec::new(),
             unsynced_since: None,
+            last_taken: Instant::now(),
             failed,
             written: Arc::new(AtomicU64::new(end)),
             direct: None,
@@ -392,74 +519,37 @@ impl Writer {
         }
     }
 
-    /// Takes what the callers queued, writes it, and sleeps until a record someone waits for
-    /// comes (or, with batched durability, the next window). Records nobody waits for do not
-    /// wake the writer while it is busy (see [`crate::inbox`]): they go with the next batch,
-    /// or are made durable once the log has been quiet for [`SYNC_DELAY`].
-    fn run(mut self, inbox: &Inbox<Message>) {
-        let mut taken = Vec::new();
-        let mut batch = Vec::new();
-        // When messages last came: until `SYNC_DELAY` after it, the writer sleeps as busy.
-        let mut last_arrival = Instant::now();
-        loop {
-            // Records nobody waits for are made durable once they have waited long enough,
-            // also while more keep coming.
-            if self.unsynced_for() >= SYNC_DELAY {
-                self.sync_pending();
-            }
-            if inbox.take(&mut taken) == Taken::HungUp {
-                return self.close(inbox, None);
-            }
-            if !taken.is_empty() {
-                last_arrival = Instant::now();
-                let mut close = None;
-                for message in taken.drain(..) {
-                    match message {
-                        Message::Record(job) => batch.push(job),
-                        Message::Close(done) => {
-                            // What was queued after it is dropped: its callers are refused.
-                            close = Some(done);
-                            break;
-                        }
-                    }
-                }
-                if !batch.is_empty() {
-                    self.write_batch(&mut batch);
-                }
-                if let Some(done) = close {
-                    return self.close(inbox, Some(done));
-                }
-                if !self.window.is_zero() {
-                    // Batched: the next batch collects for a window.
-                    inbox.wait(self.window, false);
-                }
-                continue;
-            }
-            let quiet = last_arrival.elapsed();
-            if quiet < SYNC_DELAY {
-                let until_sync = match self.unsynced_since {
-                    Some(_) => SYNC_DELAY.saturating_sub(self.unsynced_for()),
-                    None => SYNC_DELAY,
-                };
-                inbox.wait((SYNC_DELAY - quiet).min(until_sync), false);
-                continue;
-            }
-            // Quiet: records written without a sync are made durable, and a log quiet for
-            // long gets a checkpoint, so its last records are covered by a signature.
-            self.sync_pending();
-            if quiet >= CHECKPOINT_QUIET {
-                self.checkpoint_if_due(true);
-            }
-            let until_checkpoint = CHECKPOINT_QUIET.saturating_sub(quiet);
-            inbox.wait(
-                if until_checkpoint.is_zero() {
-                    CHECKPOINT_QUIET
-                } else {
-                    until_checkpoint
-                },
-                true,
-            );
+    /// How long the writer thread sleeps after a round, and whether as idle (any message
+    /// wakes it). After writing a batched window it collects the next one. While messages
+    /// keep coming (`last_taken` within [`SYNC_DELAY`]) it sleeps as busy, until records
+    /// written without a sync are due. Once quiet, those are made durable, a log quiet for
+    /// long gets a checkpoint (so its last records are covered by a signature), and it sleeps
+    /// as idle until the next checkpoint would be due.
+    fn next_wait(&mut self, wrote: bool) -> (Duration, bool) {
+        if wrote && !self.window.is_zero() {
+            return (self.window, false);
         }
+        let quiet = self.last_taken.elapsed();
+        if quiet < SYNC_DELAY {
+            let until_sync = match self.unsynced_since {
+                Some(_) => SYNC_DELAY.saturating_sub(self.unsynced_for()),
+                None => SYNC_DELAY,
+            };
+            return ((SYNC_DELAY - quiet).min(until_sync), false);
+        }
+        self.sync_pending();
+        if quiet >= CHECKPOINT_QUIET {
+            self.checkpoint_if_due(true);
+        }
+        let until_checkpoint = CHECKPOINT_QUIET.saturating_sub(quiet);
+        (
+            if until_checkpoint.is_zero() {
+                CHECKPOINT_QUIET
+            } else {
+                until_checkpoint
+            },
+            true,
+        )
     }
 
     /// How long records have been waiting to be made durable (zero when none are).
@@ -469,7 +559,7 @@ impl Writer {
 
     /// The last act of the writer: a checkpoint over everything written, the preallocated
     /// region cut off (the file ends at its last record again), and a sync.
-    fn close(mut self, inbox: &Inbox<Message>, done: Option<oneshot::Sender<()>>) {
+    fn close(&mut self, inbox: &Inbox<Job>) {
         self.checkpoint_if_due(true);
         self.sync_pending();
         if let Some(mut zero_fill) = self.zero_fill.take() {
@@ -488,9 +578,6 @@ impl Writer {
         }
         // From now on appends are refused.
         inbox.close();
-        if let Some(done) = done {
-            let _ = done.send(());
-        }
     }
 
     /// Writes `bytes` after the last record, first extending the file ahead when they would
@@ -831,8 +918,14 @@ mod tests {
             done: Some(done),
         }]);
         assert!(reply.try_recv().unwrap().is_err());
+        let inbox = Inbox::new();
         let log = AuditLog {
-            tx: Inbox::new().sender(std::thread::current()),
+            tx: inbox.sender(),
+            shared: Arc::new(Shared {
+                inbox,
+                writer: Mutex::new(writer),
+                closers: Mutex::new(Vec::new()),
+            }),
             durability: Durability::Batched,
             dir: dir.path().to_path_buf(),
             failed,
@@ -923,6 +1016,68 @@ mod tests {
             "none of {n} records sent over {:?} is on disk",
             started.elapsed()
         );
+        log.close().await;
+    }
+
+    /// Callers that lead writes, callers whose records are written by another's write, and
+    /// the writer thread all append to one chain; every record is kept once, in a valid chain.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn many_callers_leading_and_waiting_keep_one_whole_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path(), Durability::Strict, 50)
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for task in 0..16 {
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                for n in 0..100 {
+                    log.append(Event::new(
+                        "statement.intent",
+                        None,
+                        json!({ "t": task, "n": n }),
+                    ))
+                    .await
+                    .unwrap();
+                    log.append_detached(Event::new(
+                        "statement.outcome",
+                        None,
+                        json!({ "t": task, "n": n }),
+                    ));
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        log.close().await;
+        let v = verify(dir.path());
+        assert!(v.problem.is_none(), "{v:?}");
+        let kept = records(&dir.path().join(LOG_FILE));
+        let of = |kind: &str| kept.iter().filter(|r| r.kind == kind).count();
+        assert_eq!(of("statement.intent"), 1600);
+        assert_eq!(of("statement.outcome"), 1600);
+    }
+
+    /// A record whose caller stops waiting before it led the write is still written soon.
+    #[tokio::test]
+    async fn a_record_nobody_stays_to_lead_is_written_by_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path(), Durability::Strict, 1000)
+            .await
+            .unwrap();
+        let pending = log
+            .enqueue(Event::new("statement.intent", None, json!({"n": 1})))
+            .unwrap();
+        drop(pending);
+        let started = Instant::now();
+        while records(&dir.path().join(LOG_FILE)).is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the record was left in the queue"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         log.close().await;
     }
 

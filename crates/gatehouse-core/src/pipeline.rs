@@ -510,7 +510,7 @@ impl SessionHandle {
                 policies: &command.decision.policies,
             },
         );
-        let pending = audit.enqueue(event).map_err(|e| {
+        let mut pending = audit.enqueue(event).map_err(|e| {
             tracing::error!(error = %e, "cannot queue an audit record");
             RecordError
         })?;
@@ -522,6 +522,8 @@ impl SessionHandle {
                 .is_some_and(Classification::changes_nothing)
         };
         Ok(Some(if self.overlap_reads && changes_nothing() {
+            // The read goes to the server now; the writer thread writes its record meanwhile.
+            pending.write_soon();
             Intent::BeforeResult(pending)
         } else {
             Intent::BeforeForwarding(pending)
