@@ -166,6 +166,9 @@ pass_of() { case $1 in gatehouse) echo "$TOKEN";; bare) echo "$BARE_TOKEN";; *) 
 pid_of() { case $1 in bare) echo "$BARE_PID";; pgbouncer) echo "$BOUNCER_PID";; *) echo "$GH_PID";; esac; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$(pid_of "$1")/stat"; }
 TICK=$(getconf CLK_TCK)
+# Context switches of all the process's threads: each is a thread that slept being woken (a
+# hand-off between threads) or one preempted, so switches per transaction show hand-offs.
+switches() { cat /proc/"$(pid_of "$1")"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {n += $2} END {print n + 0}'; }
 
 RESULTS="$WORK/results.tsv"
 : > "$RESULTS"
@@ -182,18 +185,19 @@ run() { # target mode script clients -> tps, latency ms
 for round in $(seq "$ROUNDS"); do
   for script in $SCRIPTS; do for mode in $MODES; do for clients in $CLIENTS; do
     for target in $TARGETS; do
-      before=$(cpu_ticks "$target")
+      before=$(cpu_ticks "$target"); switched=$(switches "$target")
       out=$(run "$target" "$mode" "$script" "$clients")
-      after=$(cpu_ticks "$target")
+      after=$(cpu_ticks "$target"); switched=$(( $(switches "$target") - switched ))
       [ "$out" = FAILED ] && { log "pgbench reported failed transactions: $target $mode $script $clients"; exit 1; }
       tps=${out%%$'\t'*}; lat=${out##*$'\t'}
-      cpu_us=""
+      cpu_us="" per_txn=""
       if [ "$target" != direct ]; then
         cpu_us=$(awk -v t=$((after - before)) -v tick="$TICK" -v tps="$tps" -v d="$DURATION" 'BEGIN { printf "%.1f", t / tick * 1e6 / (tps * d) }')
+        per_txn=$(awk -v n="$switched" -v tps="$tps" -v d="$DURATION" 'BEGIN { printf "%.2f", n / (tps * d) }')
       fi
       printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$script" "$mode" "$clients" "$target" "$tps" "$lat" >> "$RESULTS"
       [ -n "$cpu_us" ] && printf 'cpu\t%s\t%s\t%s\t%s\t%s\n' "$script" "$mode" "$clients" "$cpu_us" "$target" >> "$RESULTS"
-      log "round $round: $script $mode c=$clients $target: $tps tps, $lat ms${cpu_us:+, process CPU ${cpu_us} us/txn}"
+      log "round $round: $script $mode c=$clients $target: $tps tps, $lat ms${cpu_us:+, process CPU ${cpu_us} us/txn, ${per_txn} context switches/txn}"
     done
   done; done; done
 done
