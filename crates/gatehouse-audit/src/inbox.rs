@@ -182,11 +182,15 @@ impl<T> Inbox<T> {
     /// Gives the lead up after a write. Returns whether messages someone waits for came
     /// meanwhile; when they did (or anything came for an idle writer, or a stop was asked
     /// for), the writer thread is woken to write them, unless `by_writer` (the writer thread
-    /// itself releases, and looks again anyway).
-    pub(crate) fn release(&self, by_writer: bool) -> bool {
+    /// itself releases, and looks again anyway). `emptied`, the leader's batch once written,
+    /// becomes the queue again if nothing came meanwhile, so that no lead costs an allocation.
+    pub(crate) fn release(&self, by_writer: bool, emptied: &mut Vec<T>) -> bool {
         let (waited, wake) = {
             let mut state = self.lock();
             state.leading = false;
+            if state.messages.capacity() == 0 && emptied.is_empty() {
+                std::mem::swap(&mut state.messages, emptied);
+            }
             let waited = state.waited > 0;
             let wake = waited
                 || state.closing
@@ -291,7 +295,7 @@ mod tests {
                 let mut taken = Vec::new();
                 if let Lead::Granted { hung_up, .. } = writer_inbox.lead(&mut taken, Leader::Writer)
                 {
-                    writer_inbox.release(true);
+                    writer_inbox.release(true, &mut Vec::new());
                     if hung_up {
                         let _ = report.send(None);
                         return;
@@ -339,6 +343,7 @@ mod tests {
             }
         );
         assert_eq!(first, [1]);
+        first.clear();
         sender.send(2, Wake::Lead).unwrap();
         let mut second = Vec::new();
         assert_eq!(
@@ -348,7 +353,7 @@ mod tests {
         );
         assert!(second.is_empty());
         // The leader's release wakes the writer (this thread) for the message that came.
-        assert!(inbox.release(false));
+        assert!(inbox.release(false, &mut first));
         let started = Instant::now();
         std::thread::park_timeout(Duration::from_secs(10));
         assert!(started.elapsed() < Duration::from_secs(10), "not woken");
@@ -357,7 +362,11 @@ mod tests {
             Lead::Granted { .. }
         ));
         assert_eq!(second, [2]);
-        assert!(!inbox.release(false), "nothing came meanwhile");
+        second.clear();
+        assert!(!inbox.release(false, &mut second), "nothing came meanwhile");
+        // The written batch's allocation became the queue's.
+        assert_eq!(second.capacity(), 0);
+        assert!(inbox.lock().messages.capacity() > 0);
     }
 
     #[test]
@@ -372,7 +381,7 @@ mod tests {
             inbox.lead(&mut taken, Leader::Writer),
             Lead::Granted { .. }
         ));
-        inbox.release(true);
+        inbox.release(true, &mut taken);
         // The last write carried two waited-for records: a caller is refused, the writer woken.
         sender.send(3, Wake::Lead).unwrap();
         let mut by_caller = Vec::new();
@@ -386,7 +395,7 @@ mod tests {
             Lead::Granted { .. }
         ));
         assert_eq!(taken, [3]);
-        inbox.release(true);
+        inbox.release(true, &mut taken);
         // That one carried one: callers lead again.
         sender.send(4, Wake::Lead).unwrap();
         assert!(matches!(

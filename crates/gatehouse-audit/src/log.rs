@@ -118,7 +118,7 @@ impl Shared {
             writer.last_taken = Instant::now();
             writer.write_batch(&mut taken);
         }
-        self.inbox.release(false);
+        self.inbox.release(false, &mut taken);
     }
 
     /// The writer thread: writes what callers queued and did not write themselves, makes
@@ -157,7 +157,7 @@ impl Shared {
             }
             let (timeout, idle) = writer.next_wait(wrote);
             drop(writer);
-            if inbox.release(true) {
+            if inbox.release(true, &mut taken) {
                 // Records someone waits for came during the write.
                 continue;
             }
