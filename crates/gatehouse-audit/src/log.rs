@@ -113,12 +113,26 @@ impl Shared {
         if self.inbox.lead(&mut taken, Leader::Caller) == Lead::Busy {
             return;
         }
-        {
-            let mut writer = self.lock_writer();
-            writer.last_taken = Instant::now();
-            writer.write_batch(&mut taken);
+        let mut held = HeldLead {
+            inbox: &self.inbox,
+            taken,
+        };
+        let mut writer = self.lock_writer();
+        writer.last_taken = Instant::now();
+        writer.write_batch(&mut held.taken);
+    }
+
+    /// [`Shared::run`], failing the log closed if it panics (a bug): every queued record's
+    /// caller is refused at once and later records are refused, where the callers would
+    /// otherwise wait for a writer that is gone.
+    fn run_or_fail(&self) {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run())).is_err() {
+            tracing::error!(
+                "the audit log writer stopped on a bug; from now on every action that needs a record is refused (restart the gateway)"
+            );
+            self.lock_writer().failed.store(true, Ordering::Release);
+            self.inbox.close();
         }
-        self.inbox.release(false, &mut taken);
     }
 
     /// The writer thread: writes what callers queued and did not write themselves, makes
@@ -163,6 +177,21 @@ impl Shared {
             }
             inbox.wait(timeout, idle);
         }
+    }
+}
+
+/// A caller's lead, given up when dropped: also if the write panicked, so that the next
+/// leader finds the writer's lock poisoned and fails the log closed instead of every caller
+/// waiting for a lead that is never given up.
+struct HeldLead<'a> {
+    inbox: &'a Inbox<Job>,
+    /// The batch being written; emptied by the write.
+    taken: Vec<Job>,
+}
+
+impl Drop for HeldLead<'_> {
+    fn drop(&mut self) {
+        self.inbox.release(false, &mut self.taken);
     }
 }
 
@@ -336,7 +365,7 @@ impl AuditLog {
         // and must not hold up the runtime's workers (every session's relay runs on them).
         let thread = std::thread::Builder::new()
             .name("gatehouse-audit".into())
-            .spawn(move || thread_shared.run())?;
+            .spawn(move || thread_shared.run_or_fail())?;
         inbox.set_writer(thread.thread().clone());
         Ok(AuditLog {
             tx: inbox.sender(),
@@ -1057,6 +1086,39 @@ mod tests {
         let of = |kind: &str| kept.iter().filter(|r| r.kind == kind).count();
         assert_eq!(of("statement.intent"), 1600);
         assert_eq!(of("statement.outcome"), 1600);
+    }
+
+    /// A write that panics (a bug) must not leave the lead held forever, with every later
+    /// caller waiting: the lead is given up, and the writer's poisoned lock fails the log.
+    #[tokio::test]
+    async fn a_leader_that_panics_gives_the_lead_up_and_the_log_fails_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path(), Durability::Strict, 1000)
+            .await
+            .unwrap();
+        let shared = log.shared.clone();
+        let panicked = std::thread::spawn(move || {
+            let mut taken = Vec::new();
+            // The writer thread may hold the lead for a moment (its timer).
+            while shared.inbox.lead(&mut taken, Leader::Writer) == Lead::Busy {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _held = HeldLead {
+                inbox: &shared.inbox,
+                taken,
+            };
+            let _writer = shared.lock_writer();
+            panic!("a write that panics");
+        })
+        .join();
+        assert!(panicked.is_err());
+        let refused = tokio::time::timeout(
+            Duration::from_secs(10),
+            log.append(Event::new("statement.intent", None, json!({}))),
+        )
+        .await
+        .expect("a caller waited for a lead nobody gives up");
+        assert!(refused.is_err(), "a record was kept after a write panicked");
     }
 
     /// A record whose caller stops waiting before it led the write is still written soon.
