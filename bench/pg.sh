@@ -32,6 +32,7 @@ TARGETS=${TARGETS:-"direct pgbouncer gatehouse bare"}
 AUDIT_DURABILITY=${AUDIT_DURABILITY:-strict}   # the audit log's [audit] durability (gatehouse target)
 AUDIT_WRITES=${AUDIT_WRITES:-direct}           # the audit log's [audit] writes: direct or buffered
 OVERLAP_READS=${OVERLAP_READS:-false}          # [audit] overlap_reads: reads forwarded while their intent syncs
+SESSION_THREADS=${SESSION_THREADS:-}          # [server] session_threads of both gateways (empty: the default, one per core)
 CONNECT=${CONNECT:-0}                          # 1: pgbench -C (connection setup per transaction)
 
 
@@ -111,6 +112,7 @@ data_dir = "$WORK/gh"
 api_listen = "127.0.0.1:$API_PORT"
 postgres_listen = "127.0.0.1:$GH_PORT"
 max_pending_handshakes = 8192
+${SESSION_THREADS:+session_threads = $SESSION_THREADS}
 [audit]
 durability = "$AUDIT_DURABILITY"
 writes = "$AUDIT_WRITES"

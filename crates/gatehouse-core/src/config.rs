@@ -254,6 +254,9 @@ pub struct ServerConfig {
     /// How long a client may keep a transaction open without sending anything before the
     /// gateway ends the session (the server rolls the transaction back). `None`: no limit.
     pub idle_in_transaction_timeout: Option<Duration>,
+    /// Threads that each run their sessions from accept to close (one per core by default);
+    /// 0 runs sessions on the shared runtime instead. See `gatehouse_postgres::threads`.
+    pub session_threads: usize,
 }
 
 /// `[store]`: where sessions, statements and tokens are kept.
@@ -575,6 +578,7 @@ struct RawServer {
     idle_in_transaction_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "opt_duration")]
     exec_timeout: Option<Duration>,
+    session_threads: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1040,6 +1044,9 @@ impl RawConfig {
                     Some(d) => Some(d),
                     None => Some(Duration::from_secs(600)),
                 },
+                session_threads: self.server.session_threads.unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+                }),
             },
             store: StoreConfig { url: store_url },
             policy: PolicyConfig {
@@ -1090,6 +1097,15 @@ mod tests {
         assert_eq!(c.store.url, "sqlite:///etc/gh/gatehouse-data/gatehouse.db");
         assert_eq!(c.server.postgres_listen.port(), 15432);
         assert_eq!(c.server.api_listen.port(), 8009);
+    }
+
+    #[test]
+    fn session_threads_default_to_one_per_core_and_zero_means_the_shared_runtime() {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        assert_eq!(parse("").unwrap().server.session_threads, cores);
+        let c = parse("[server]\nsession_threads = 0\n").unwrap();
+        assert_eq!(c.server.session_threads, 0);
+        assert!(parse("[server]\nsession_threads = -1\n").is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod oneshot;
 pub mod relay;
 pub mod session;
 pub mod stream;
+pub mod threads;
 pub mod tls;
 pub mod upstream;
 pub mod wire;
@@ -87,13 +88,29 @@ impl PgContext {
     }
 }
 
-/// Accepts connections forever, one task each, so no client can hold up another.
+/// Accepts connections forever, one task each, so no client can hold up another. Each
+/// session runs on one of the [`threads::SessionThreads`] (`[server] session_threads`), or on
+/// the caller's runtime when that is 0 or the threads cannot be started.
 pub async fn serve(listener: TcpListener, ctx: Arc<PgContext>) {
+    let wanted = ctx.pipeline.config().server.session_threads;
+    let threads = match wanted {
+        0 => None,
+        n => match threads::SessionThreads::start(n) {
+            Ok(threads) => Some(threads),
+            Err(e) => {
+                tracing::error!(error = %e, "sessions run on the shared runtime instead");
+                None
+            }
+        },
+    };
     loop {
         match listener.accept().await {
-            Ok((tcp, addr)) => {
-                tokio::spawn(session::handle(tcp, addr, ctx.clone()));
-            }
+            Ok((tcp, addr)) => match &threads {
+                Some(threads) => threads.place(tcp, addr, ctx.clone()),
+                None => {
+                    tokio::spawn(session::handle(tcp, addr, ctx.clone()));
+                }
+            },
             Err(e) => {
                 // Usually EMFILE: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");

@@ -131,6 +131,32 @@ fn pgbench_runs_in_every_query_mode_without_failures() {
     }
 }
 
+#[test]
+fn sessions_run_on_the_configured_number_of_session_threads() {
+    let gw = Gateway::start_with(common::GatewayOptions {
+        server_extra: "session_threads = 3".into(),
+        ..Default::default()
+    });
+    let token = gw.token("bench", &["agents"]);
+    pgbench(&gw, &token, &["-i", "-s", "1", "--quiet"]);
+    // More sessions than threads, so that threads hold several sessions at once.
+    let out = pgbench(
+        &gw,
+        &token,
+        &["-M", "prepared", "-S", "-c", "7", "-j", "2", "-t", "50"],
+    );
+    assert!(
+        out.contains("number of transactions actually processed: 350/350"),
+        "{out}"
+    );
+    let session_threads = gw
+        .thread_names()
+        .into_iter()
+        .filter(|name| name.starts_with("gatehouse-sessi"))
+        .count();
+    assert_eq!(session_threads, 3, "{:?}", gw.thread_names());
+}
+
 #[tokio::test]
 async fn a_driver_gets_binary_results_parameters_and_can_cancel() {
     let gw = Gateway::start();

@@ -305,6 +305,18 @@ fn with_test_audit_settings(mut sections: String) -> String {
     sections
 }
 
+/// `GATEHOUSE_TEST_SESSION_THREADS=N` runs every gateway with `[server] session_threads = N`
+/// (`scripts/test` runs the wire-level suites a second time with 0: sessions on the shared
+/// runtime, the default's alternative).
+fn with_test_server_settings(mut server: String) -> String {
+    if let Some(n) = std::env::var_os("GATEHOUSE_TEST_SESSION_THREADS")
+        && !server.contains("session_threads")
+    {
+        server.push_str(&format!("\nsession_threads = {}\n", n.to_string_lossy()));
+    }
+    server
+}
+
 /// A running `gatehouse serve`, stopped when dropped.
 pub struct Gateway {
     child: Child,
@@ -432,7 +444,7 @@ password = "env:GH_TEST_WRONG_PASSWORD"
 {extra_sections}
 "#,
             extra_sections = with_test_audit_settings(options.extra_sections),
-            server_extra = options.server_extra,
+            server_extra = with_test_server_settings(options.server_extra),
             connections_extra = options.connections_extra,
             port = cluster.port,
             down = free_port(),
@@ -656,6 +668,17 @@ password = "env:GH_TEST_WRONG_PASSWORD"
 }
 
 impl Gateway {
+    /// The names of the gateway process's threads (Linux: `/proc/<pid>/task/*/comm`, which
+    /// keeps the first 15 bytes of each name).
+    pub fn thread_names(&self) -> Vec<String> {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        std::fs::read_dir(&tasks)
+            .unwrap_or_else(|e| panic!("cannot list {tasks}: {e}"))
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim_end().to_string())
+            .collect()
+    }
+
     /// Sends a signal to the gateway process.
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
